@@ -1,0 +1,1 @@
+"""Pieces the algorithms share: validation, schedules, env factory, reporting."""

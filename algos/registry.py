@@ -1,0 +1,41 @@
+"""The algorithms by config name: what the pipelines look up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from algos import q_learning
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An algorithm's typed config and its train function."""
+
+    name: str
+    config_class: type
+    train: Callable[..., Any]
+    budget_key: str
+    """The config field that sets the training budget (episodes or total_steps)."""
+    check_env: Callable[[Any], Any]
+    """Raises ValueError when the algorithm cannot run on the given env."""
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "q_learning": Algorithm(
+        name="q_learning",
+        config_class=q_learning.QLearningConfig,
+        train=q_learning.train,
+        budget_key="episodes",
+        check_env=q_learning.check_spaces,
+    ),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The algorithm registered under `name`."""
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise KeyError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}") from None

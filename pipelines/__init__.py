@@ -1,0 +1,1 @@
+"""Entry points (train, sweep, evaluate) and the glue between Hydra, Ray Tune and MLflow."""

@@ -1,0 +1,338 @@
+"""The driver: from a validated plan to a finished Tune run, with MLflow around it.
+
+Order matters: everything that can be bad input is checked before Ray starts or MLflow
+is touched (exit 2, nothing written); after that, a failure marks the runs FAILED and
+exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import UserError
+from pipelines.schema import ClusterConfig, SweepConfig
+from pipelines.space import SweepPlan, tune_space
+from pipelines.tracking import (
+    RunLogger,
+    check_tracking,
+    find_run,
+    get_or_create_experiment,
+    resolve_uri,
+    set_run_status,
+    ui_hint,
+    write_json_artifact,
+)
+from pipelines.trial import TrialContext, run_key, run_trial
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXT_FILE = "rlpipe.json"
+log = logging.getLogger("rlpipe")
+
+
+def git_commit() -> str:
+    """The commit of the code being run, or 'unknown' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def storage_root(cluster: ClusterConfig) -> str:
+    """Tune's storage path, absolute (Tune runs trials in their own directories)."""
+    path = cluster.storage_path or "ray_results"
+    if "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def start_ray(cluster: ClusterConfig) -> None:
+    """Start a local Ray, or join the cluster at cluster.address."""
+    import os
+
+    import ray
+
+    # Short trials checkpoint at every report by design; Tune's warning about frequent
+    # experiment snapshots is noise for them.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+    common: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+    }
+    if cluster.address:
+        try:
+            ray.init(address=cluster.address, **common)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise UserError(
+                f"cluster.address={cluster.address}: cannot join a Ray cluster there ({e})"
+            ) from None
+    else:
+        ray.init(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, **common)
+
+
+def _searcher(sweep: SweepConfig, search: str, seed: int):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
+    return BasicVariantGenerator(random_state=seed)
+
+
+def _scheduler(sweep: SweepConfig):
+    if sweep.scheduler.name == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = sweep.scheduler
+    return ASHAScheduler(
+        time_attr=s.time_attr,
+        max_t=s.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
+
+
+def _status_callback(ctx: TrialContext):
+    """A Tune callback that marks a trial's MLflow run when its process could not."""
+    from ray import tune
+
+    class MlflowStatus(tune.Callback):
+        def _mark(self, trial, status: str, tags: dict[str, str] | None = None) -> None:
+            try:
+                run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial.trial_id))
+                if run is not None and run.info.status == "RUNNING":
+                    if tags:
+                        RunLogger(ctx.tracking_uri, run.info.run_id, 0).set_tags(tags)
+                    set_run_status(ctx.tracking_uri, run.info.run_id, status)
+            except Exception as e:  # never let bookkeeping stop the sweep
+                log.warning("could not update the MLflow run of trial %s: %s", trial, e)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._mark(trial, "FAILED")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._mark(trial, "FINISHED", {"tune.stopped_early": "true"})
+
+    return MlflowStatus()
+
+
+def _trainable(ctx: TrialContext, cluster: ClusterConfig):
+    from ray import tune
+
+    bundle = {"CPU": cluster.cpus_per_trial}
+    if cluster.gpus_per_trial:
+        bundle["GPU"] = cluster.gpus_per_trial
+    return tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx),
+        resources=tune.PlacementGroupFactory([bundle]),
+    )
+
+
+def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=ctx.name,
+        storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[_status_callback(ctx)],
+        verbose=1,
+    )
+
+
+def launch(plan: SweepPlan, kind: str) -> int:
+    """Run a sweep (kind='sweep') or a single run (kind='train') as a Tune run."""
+    base = plan.base
+    cfg = base.cfg
+    sweep = cfg.sweep
+    uri = resolve_uri(cfg.tracking.uri)
+    check_tracking(uri)
+    storage = storage_root(cfg.cluster)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    algo, env = base.choices.get("algo"), base.choices.get("env")
+    if kind == "sweep":
+        name = sweep.name or f"{base.choices.get('sweep') or 'sweep'}-{stamp}"
+        experiment_name = cfg.tracking.experiment or base.choices.get("sweep") or "sweeps"
+    else:
+        name = f"train-{base.choices.get('experiment') or f'{algo}-{env}'}-{stamp}"
+        experiment_name = cfg.tracking.experiment or f"{algo}-{env}"
+    if "://" not in storage and (Path(storage) / name).exists():
+        raise UserError(
+            f"sweep.name={name}: a run of that name exists in {storage}; "
+            f"resume it with resume={name} or choose another name"
+        )
+    search = sweep.search
+    space = tune_space(plan, search)
+    searcher = _searcher(sweep, search, cfg.seed)
+    scheduler = _scheduler(sweep)
+    settings = {
+        "search": search,
+        "num_samples": sweep.num_samples,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "kind": kind,
+        "cluster": base.container["cluster"],
+    }
+
+    # Input is valid: from here on things start, and failures are ours (exit 1).
+    start_ray(cfg.cluster)
+    experiment_id = get_or_create_experiment(uri, experiment_name)
+    uid = uuid.uuid4().hex[:12]
+    commit = git_commit()
+    parent = None
+    if kind == "sweep":
+        parent = RunLogger.open(
+            uri, experiment_id, f"{uid}/parent", run_name=name,
+            tags={"sweep": name, "git_commit": commit, "mlflow.source.git.commit": commit,
+                  "algo": algo, "env": env, "rlpipe.kind": "sweep"},
+            params={
+                **{f"space.{k}": v for k, v in plan.space_text.items()},
+                "fixed": " ".join(plan.fixed) or "-",
+                "sweep.search": search,
+                "sweep.num_samples": sweep.num_samples,
+                "sweep.metric": sweep.metric,
+                "sweep.mode": sweep.mode,
+                "sweep.scheduler": sweep.scheduler.name,
+            },
+            config=base.container,
+        )
+    ctx = TrialContext(
+        name=name, uid=uid, fixed=plan.fixed, tracking_uri=uri, experiment_id=experiment_id,
+        experiment_name=experiment_name, parent_run_id=parent.run_id if parent else None,
+        git_commit=commit, space=plan.space_text, settings=settings,
+    )
+    if "://" not in storage:
+        (Path(storage) / name).mkdir(parents=True, exist_ok=True)
+        (Path(storage) / name / CONTEXT_FILE).write_text(json.dumps(ctx.to_json(), indent=2))
+    from ray import tune
+
+    tuner = tune.Tuner(
+        _trainable(ctx, cfg.cluster),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent_trials,
+            reuse_actors=cfg.cluster.reuse_actors,
+            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        ),
+        run_config=_run_config(ctx, storage, cfg.cluster),
+    )
+    return _fit(tuner, ctx, parent, storage)
+
+
+def resume(name: str, cluster: ClusterConfig) -> int:
+    """Continue the sweep `name` where it stopped: unfinished and errored trials resume
+    from their last checkpoints, into their own MLflow runs."""
+    storage = storage_root(cluster)
+    path = Path(storage) / name
+    ctx_file = path / CONTEXT_FILE
+    if not ctx_file.exists():
+        known = sorted(p.parent.name for p in Path(storage).glob(f"*/{CONTEXT_FILE}"))
+        raise UserError(
+            f"resume={name}: no sweep of that name in {storage}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    ctx = TrialContext(**json.loads(ctx_file.read_text()))
+    check_tracking(ctx.tracking_uri)
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path)):
+        raise UserError(f"resume={name}: {path} holds no Tune state to resume from")
+    saved_cluster = ClusterConfig(**ctx.settings["cluster"])
+    start_ray(cluster if cluster.address else saved_cluster)
+    parent = None
+    if ctx.parent_run_id:
+        parent = RunLogger(ctx.tracking_uri, ctx.parent_run_id, 0)
+        parent.client.update_run(ctx.parent_run_id, status="RUNNING")
+        parent.set_tags({"rlpipe.resumed": time.strftime("%Y-%m-%d %H:%M:%S")})
+    tuner = tune.Tuner.restore(
+        str(path), trainable=_trainable(ctx, saved_cluster), resume_errored=True
+    )
+    return _fit(tuner, ctx, parent, storage)
+
+
+def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> int:
+    metric, mode = ctx.settings["metric"], ctx.settings["mode"]
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        if parent:
+            parent.finish("KILLED")
+        print(f"Interrupted. Resume with: python -m pipelines.sweep resume={ctx.name}")
+        return 130
+    except BaseException:
+        if parent:
+            parent.finish("FAILED")
+        raise
+    import ray
+
+    ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
+    errors = [r for r in results if r.error is not None]
+    best = None
+    try:
+        best = results.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
+    except (RuntimeError, KeyError, ValueError):
+        pass
+    print(_summary_table(results, ctx, metric))
+    if best is not None and best.metrics and metric in best.metrics:
+        best_run = find_run(ctx.tracking_uri, ctx.experiment_id,
+                            run_key(ctx, best.metrics["trial_id"]))
+        summary = {
+            "metric": metric,
+            "mode": mode,
+            "value": best.metrics[metric],
+            "trial_id": best.metrics["trial_id"],
+            "run_id": best_run.info.run_id if best_run else None,
+            "params": best_run.data.params if best_run else {},
+            "overrides": best.config,
+        }
+        print(f"Best trial: {' '.join(f'{k}={v}' for k, v in best.config.items()) or '-'} "
+              f"with {metric} = {best.metrics[metric]:.4g}")
+        if parent:
+            parent.set_tags({
+                "best.run_id": summary["run_id"],
+                "best.trial_id": summary["trial_id"],
+                **{f"best.{k}": v for k, v in best.config.items()},
+            })
+            parent.log_metrics({f"best/{metric}": float(best.metrics[metric])})
+            write_json_artifact(parent, summary, "best_trial.json")
+    for r in errors:
+        print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
+    if parent:
+        parent.finish("FAILED" if errors else "FINISHED")
+    print(ui_hint(ctx.tracking_uri, ctx.experiment_id, ctx.experiment_name))
+    return 1 if errors else 0
+
+
+def _summary_table(results, ctx: TrialContext, metric: str) -> str:
+    rows = []
+    for r in results:
+        config = " ".join(f"{k}={v}" for k, v in (r.config or {}).items()) or ctx.name
+        value = (r.metrics or {}).get(metric)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        status = "ERROR" if r.error is not None else "done"
+        rows.append(f"  {status:5}  {metric}={shown:>8}  {config}")
+    return "Trials:\n" + "\n".join(rows)

@@ -1,0 +1,140 @@
+"""Structured config schemas: types, ranges and the set of allowed keys of every group.
+
+Registered in Hydra's ConfigStore so that conf/*.yaml are checked against them as they
+compose.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from algos.core import validation as v
+from algos.core.envs import EnvConfig
+from algos.registry import ALGORITHMS
+
+SEARCHES = ("auto", "grid", "random", "optuna")
+SCHEDULERS = ("none", "asha")
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow records runs."""
+
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: sqlite:///file.db, a folder, or http(s)://host:port."""
+    experiment: str | None = None
+    """MLflow experiment; null: the sweep's config name (sweeps) or '<algo>-<env>' (train)."""
+
+
+@dataclass
+class ClusterConfig:
+    """The Ray cluster and what one trial reserves on it."""
+
+    address: str | None = None
+    """null starts a local Ray; host:port (or 'auto') joins a running cluster."""
+    num_cpus: int | None = None
+    """CPUs of a local Ray (null: all of this machine's)."""
+    num_gpus: int | None = None
+    """GPUs of a local Ray (null: all of this machine's)."""
+    cpus_per_trial: float = 1.0
+    """CPUs one trial's learner reserves."""
+    gpus_per_trial: float = 0.0
+    """GPU share one trial's learner reserves (0.25 puts four trials on one GPU)."""
+    storage_path: str | None = None
+    """Where Tune keeps trial state and checkpoints (null: ./ray_results). Every node must
+    reach it on a multi-node cluster."""
+    max_failures: int = 2
+    """Retries of a failed trial, each from its last checkpoint."""
+    reuse_actors: bool = True
+    """Run successive trials in the same worker process (saves seconds per short trial)."""
+
+    def __post_init__(self) -> None:
+        for key in ("num_cpus", "num_gpus"):
+            if getattr(self, key) is not None:
+                v.at_least(self, key, 0 if key == "num_gpus" else 1)
+        v.at_least(self, "cpus_per_trial", 0.0)
+        v.at_least(self, "gpus_per_trial", 0.0)
+        v.at_least(self, "max_failures", 0)
+        if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
+            raise v.ConfigValueError("cpus_per_trial", 0, "a trial must reserve a CPU or a GPU")
+
+
+@dataclass
+class SchedulerConfig:
+    """An optional trial scheduler that stops weak trials early."""
+
+    name: str = "none"
+    """none or asha."""
+    time_attr: str = "training_iteration"
+    """What ASHA counts time in: training_iteration (reports) or train/env_steps."""
+    max_t: int = 100
+    """ASHA's longest trial, in time_attr units."""
+    grace_period: int = 1
+    """ASHA's shortest trial before it may be stopped, in time_attr units."""
+    reduction_factor: float = 3.0
+    """ASHA keeps 1/reduction_factor of the trials at each rung."""
+
+    def __post_init__(self) -> None:
+        v.one_of(self, "name", SCHEDULERS)
+        v.positive(self, "max_t", "grace_period")
+        if not self.reduction_factor > 1:
+            raise v.ConfigValueError("reduction_factor", self.reduction_factor, "must be > 1")
+        if self.grace_period > self.max_t:
+            raise v.ConfigValueError("grace_period", self.grace_period, "must be <= max_t")
+
+
+@dataclass
+class SweepConfig:
+    """A Ray Tune sweep: Hydra overrides whose sweep expressions span the search space."""
+
+    name: str | None = None
+    """Names the Tune run and the MLflow parent run (null: '<sweep option>-<timestamp>')."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """override -> expression: 'a,b', choice(...), range(...), interval(...), tag(log, ...)."""
+    num_samples: int = 1
+    """Trials to sample (random, optuna), or repeats of the whole grid (grid)."""
+    metric: str = "eval/score"
+    """The metric that ranks trials."""
+    mode: str = "max"
+    """max or min."""
+    search: str = "auto"
+    """auto (grid when every dimension is discrete, else random), grid, random, optuna."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    max_concurrent_trials: int | None = None
+    """Upper bound on trials at once (null: as many as the cluster fits)."""
+
+    def __post_init__(self) -> None:
+        v.positive(self, "num_samples")
+        v.one_of(self, "mode", ("max", "min"))
+        v.one_of(self, "search", SEARCHES)
+        if self.max_concurrent_trials is not None:
+            v.positive(self, "max_concurrent_trials")
+
+
+@dataclass
+class PipelineConfig:
+    """The root of the composed config."""
+
+    algo: Any = MISSING
+    env: EnvConfig = field(default_factory=EnvConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    seed: int = 0
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        v.at_least(self, "seed", 0)
+
+
+def register() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=PipelineConfig)
+    for name, algorithm in ALGORITHMS.items():
+        cs.store(group="algo", name=f"base_{name}", node=algorithm.config_class)
+
+
+register()

@@ -1,0 +1,203 @@
+"""Sweeps as Hydra overrides: which overrides are search dimensions, and their Tune domains.
+
+A sweep is the overrides of conf/sweep/<name>.yaml (`params:`) with the command line's on
+top. Any override whose value is a sweep expression is a dimension: `a,b` / `choice(...)`
+/ `range(...)` (discrete) or `interval(lo, hi)` / `tag(log, interval(lo, hi))`
+(continuous). Every other override is fixed for all trials. Each trial composes its own
+config from the fixed overrides plus one value per dimension, so config groups sweep too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.types import Override
+
+from pipelines.config import Composed, UserError, compose_config, load, parse_overrides
+
+UNSWEEPABLE = ("sweep", "tracking", "cluster", "resume", "hydra")
+FULL_CHECK_LIMIT = 256
+
+
+@dataclass
+class Dimension:
+    """One search dimension."""
+
+    key: str
+    """The override's key as written (algo.lr, experiment, +algo.x)."""
+    expression: str
+    """The sweep expression as written."""
+    values: list[str] | None = None
+    """Discrete dimensions: each value, ready to follow `key=`."""
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    integer: bool = False
+    """Continuous dimensions over an int-typed key sample integers."""
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the dimension is a finite list of values."""
+        return self.values is not None
+
+    def override(self, value: Any) -> str:
+        """The override `key=value` for one sampled value."""
+        if not self.discrete:
+            value = int(round(value)) if self.integer else float(value)
+        return f"{self.key}={value}"
+
+    def first(self) -> str:
+        """An override with a representative value (to compose a base config)."""
+        return self.override(self.values[0] if self.discrete else self.low)
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep runs: fixed overrides, dimensions, and a validated base config."""
+
+    fixed: list[str]
+    dims: list[Dimension]
+    base: Composed
+    space_text: dict[str, str] = field(default_factory=dict)
+
+    def trial_overrides(self, sample: dict[str, Any]) -> list[str]:
+        """All overrides of one trial, from its sampled value per dimension key."""
+        by_key = {d.key: d for d in self.dims}
+        return self.fixed + [by_key[k].override(v) for k, v in sample.items()]
+
+    @property
+    def size(self) -> int | None:
+        """Number of grid points (None when a dimension is continuous)."""
+        if any(not d.discrete for d in self.dims):
+            return None
+        n = 1
+        for d in self.dims:
+            n *= len(d.values)
+        return n
+
+
+def _root_key(o: Override) -> str:
+    return o.key_or_group.split(".", 1)[0].split("/", 1)[0]
+
+
+def _as_dimension(o: Override) -> Dimension:
+    key = o.get_key_element()
+    text = o.input_line.split("=", 1)[1] if o.input_line else ""
+    if _root_key(o) in UNSWEEPABLE:
+        raise UserError(f"{key}={text}: {_root_key(o)} settings cannot be swept")
+    if o.is_discrete_sweep():
+        if o.value_type is not None and o.value_type.name == "GLOB_CHOICE_SWEEP":
+            raise UserError(f"{key}={text}: glob() sweeps are not supported; list the options")
+        values = list(o.sweep_string_iterator())
+        if not values:
+            raise UserError(f"{key}={text}: the sweep has no values")
+        return Dimension(key=key, expression=text, values=values)
+    sweep = o.value()
+    low, high = float(sweep.start), float(sweep.end)
+    log = "log" in sweep.tags
+    if not low < high:
+        raise UserError(f"{key}={text}: interval(low, high) needs low < high")
+    if log and low <= 0:
+        raise UserError(f"{key}={text}: a log interval needs low > 0")
+    return Dimension(key=key, expression=text, low=low, high=high, log=log)
+
+
+def _lookup(container: dict[str, Any], dotted: str) -> Any:
+    node: Any = container
+    for part in dotted.lstrip("+~").split("@")[0].split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
+    """Turn command-line overrides (plus the chosen sweep file's params) into a plan,
+    validating every trial's config the search space can produce."""
+    cli = parse_overrides(args)
+    for o in cli:
+        if o.is_hydra_override():
+            raise UserError(f"{o.input_line}: hydra.* settings are not used by these entry points")
+    merged: list[Override] = list(cli)
+    if sweep_params:
+        sweep_only = [o.input_line for o in cli if _root_key(o) == "sweep" and not
+                      o.is_sweep_override()]
+        params = compose_config(sweep_only).container["sweep"]["params"]
+        cli_keys = {o.key_or_group for o in cli}
+        from_file = [f"{k}={v}" for k, v in params.items()]
+        try:
+            file_overrides = parse_overrides(from_file)
+        except UserError as e:
+            raise UserError(f"sweep.params: {e}") from None
+        merged = [o for o in file_overrides if o.key_or_group not in cli_keys] + list(cli)
+    fixed = [o.input_line for o in merged if not o.is_sweep_override()]
+    dims = [_as_dimension(o) for o in merged if o.is_sweep_override()]
+    keys = [d.key for d in dims]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"{keys}: a key is swept twice")
+    base = load(fixed + [d.first() for d in dims])
+    for d in dims:
+        if not d.discrete:
+            current = _lookup(base.container, d.key)
+            d.integer = isinstance(current, int) and not isinstance(current, bool)
+    _validate_space(fixed, dims)
+    space_text = {d.key: d.expression for d in dims}
+    return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text)
+
+
+def _points(d: Dimension) -> list[str]:
+    if d.discrete:
+        return [d.override(v) for v in d.values]
+    return [d.override(d.low), d.override(d.high)]
+
+
+def _validate_space(fixed: list[str], dims: list[Dimension]) -> None:
+    """Compose and check every combination (or, past FULL_CHECK_LIMIT, every value of each
+    dimension with the others at their first value); name the first that fails."""
+    per_dim = [_points(d) for d in dims]
+    total = 1
+    for p in per_dim:
+        total *= len(p)
+    if total <= FULL_CHECK_LIMIT:
+        combos = itertools.product(*per_dim)
+    else:
+        firsts = [p[0] for p in per_dim]
+        combos = (
+            tuple(firsts[:i] + [value] + firsts[i + 1:])
+            for i, p in enumerate(per_dim) for value in p
+        )
+    for combo in combos:
+        try:
+            load(fixed + list(combo))
+        except UserError as e:
+            where = " ".join(combo)
+            raise UserError(f"{e} (in the trial {where})" if where else str(e)) from None
+
+
+def tune_space(plan: SweepPlan, search: str) -> dict[str, Any]:
+    """The Tune param space of the plan's dimensions.
+
+    grid: every dimension a grid axis (all must be discrete). random and optuna: every
+    dimension sampled (discrete ones uniformly). auto: discrete dimensions are grid axes and
+    continuous ones are sampled num_samples times per grid point (Tune's own semantics).
+    """
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for d in plan.dims:
+        if d.discrete:
+            grid = search in ("grid", "auto")
+            space[d.key] = tune.grid_search(d.values) if grid else tune.choice(d.values)
+        elif search == "grid":
+            raise UserError(
+                f"sweep.search=grid: {d.key}={d.expression} is not discrete; use "
+                "search=auto, random or optuna"
+            )
+        elif d.integer:
+            low, high = int(round(d.low)), int(round(d.high)) + 1
+            space[d.key] = tune.lograndint(low, high) if d.log else tune.randint(low, high)
+        else:
+            space[d.key] = tune.loguniform(d.low, d.high) if d.log else tune.uniform(d.low, d.high)
+    return space

@@ -1,0 +1,55 @@
+"""python -m pipelines.sweep [sweep=<name>] [overrides]: a Ray Tune sweep, tracked in MLflow.
+
+Any override whose value is a sweep expression is a search dimension; the rest are fixed.
+`resume=<sweep.name>` continues a stopped sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipelines.cli import run_main
+from pipelines.config import UserError, compose_config, parse_overrides
+
+SUMMARY = (
+    "Run a Ray Tune sweep: one trial per configuration, one MLflow child run per trial\n"
+    "under one parent run. Sweep expressions: a,b  choice(a,b)  range(0,4)\n"
+    "interval(0.1,0.9)  tag(log,interval(1e-4,1e-2)); search: sweep.search=auto|grid|\n"
+    "random|optuna, sweep.num_samples=N, sweep.scheduler.name=asha."
+)
+EXAMPLES = [
+    "sweep=quickstart",
+    "experiment=taxi_course 'algo.lr=0.1,0.4,0.7' 'seed=range(0,3)'",
+    "sweep=taxi_lr sweep.num_samples=8",
+    "experiment=taxi_course 'algo.lr=tag(log,interval(0.05,1))' sweep.search=optuna "
+    "sweep.num_samples=20",
+    "resume=quickstart-20261128-120000",
+]
+
+
+def _body(args: list[str]) -> int:
+    from pipelines import runner
+    from pipelines.space import plan_sweep
+
+    parsed = parse_overrides(args)
+    resume = [o for o in parsed if o.key_or_group == "resume"]
+    if resume:
+        others = [o.input_line for o in parsed
+                  if o.key_or_group != "resume" and not o.key_or_group.startswith("cluster")]
+        if others:
+            raise UserError(
+                f"{others[0]}: a resumed sweep keeps its own settings; only cluster.* "
+                "may be given with resume="
+            )
+        composed = compose_config([o.input_line for o in parsed])
+        return runner.resume(composed.cfg.resume, composed.cfg.cluster)
+    return runner.launch(plan_sweep(args), kind="sweep")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return run_main("pipelines.sweep", SUMMARY, EXAMPLES, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

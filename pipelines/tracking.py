@@ -1,0 +1,257 @@
+"""MLflow: where runs go, how trials find their run again, and how a user opens them.
+
+Layout (DESIGN.md): one experiment per sweep config (or tracking.experiment), one parent
+run per sweep, one nested child run per trial (tag mlflow.parentRunId), flat params,
+tags algo/env/seed/git_commit, the resolved config as an artifact, metrics stepped by
+env steps. Runs are found again by the tag `rlpipe.run_key`, so a retried or resumed
+trial continues its own run instead of making a second one, and metrics at steps it
+already logged are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import UserError
+
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
+RUN_KEY_TAG = "rlpipe.run_key"
+BATCH = 1000  # MLflow's most metrics in one log_batch call
+
+
+def resolve_uri(uri: str, cwd: Path | None = None) -> str:
+    """Make a local store's path absolute, since Tune runs trials in other directories."""
+    cwd = cwd or Path.cwd()
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in SCHEMES or "://" not in uri:
+        raise UserError(
+            f"tracking.uri={uri}: not a tracking URI; allowed: sqlite:///file.db, "
+            "file:///folder, http(s)://host:port, or a database URI "
+            "(postgresql://, mysql://, mssql://)"
+        )
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and path != ":memory:":
+            return f"sqlite:///{(cwd / path).resolve()}"
+    if scheme == "file":
+        path = uri[len("file://"):]
+        if not path.startswith("/"):
+            return f"file://{(cwd / path).resolve()}"
+    return uri.rstrip("/")
+
+
+def check_tracking(uri: str) -> None:
+    """Fail early, as bad input, when the tracking store cannot be used."""
+    scheme = uri.split(":", 1)[0]
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                body = response.read(64).decode(errors="replace").strip()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise UserError(
+                f"tracking.uri={uri}: no MLflow server answers there ({reason}); start one "
+                "(mlflow server --host 127.0.0.1 --port 5000) or use tracking=local"
+            ) from None
+        if body != "OK":
+            raise UserError(f"tracking.uri={uri}: answers, but not as an MLflow server")
+    elif scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise UserError(f"tracking.uri={uri}: the folder {folder} does not exist")
+
+
+def ui_hint(uri: str, experiment_id: str, experiment_name: str) -> str:
+    """The last line a user sees: how to open these runs in the MLflow UI."""
+    query = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"See the runs of experiment '{experiment_name}' at {uri}/{query}"
+    venv_mlflow = Path(sys.executable).parent / "mlflow"
+    mlflow_cmd = "mlflow"
+    if venv_mlflow.exists():
+        try:
+            mlflow_cmd = str(venv_mlflow.relative_to(Path.cwd()))
+        except ValueError:
+            mlflow_cmd = str(venv_mlflow)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if db.name == "mlflow.db":
+            command = f"cd {db.parent} && {mlflow_cmd} ui"
+        else:
+            command = f"{mlflow_cmd} ui --backend-store-uri {uri}"
+    else:
+        command = f"{mlflow_cmd} ui --backend-store-uri {uri}"
+    return (
+        f"See the runs of experiment '{experiment_name}': {command}, then open "
+        f"http://127.0.0.1:5000/{query}"
+    )
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """The experiment's id; created here, once, on the driver (mlflow#4123)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def find_run(uri: str, experiment_id: str, run_key: str):
+    """The run tagged with `run_key`, or None."""
+    runs = _client(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=2
+    )
+    return runs[0] if runs else None
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+class RunLogger:
+    """One MLflow run, opened (created or found again) by its key."""
+
+    def __init__(self, uri: str, run_id: str, watermark: float) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.watermark = watermark
+        """Steps at or below this were logged before a restart and are not logged again."""
+        self.client = _client(uri)
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        experiment_id: str,
+        run_key: str,
+        run_name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> RunLogger:
+        """Continue the run tagged `run_key` if there is one, else create it with its
+        params, tags and resolved config (params are write-once in MLflow)."""
+        client = _client(uri)
+        existing = find_run(uri, experiment_id, run_key)
+        if existing is not None:
+            client.update_run(existing.info.run_id, status="RUNNING")
+            watermark = existing.data.metrics.get("train/env_steps", -math.inf)
+            return cls(uri, existing.info.run_id, watermark)
+        all_tags = {str(k): str(v) for k, v in tags.items()}
+        all_tags[RUN_KEY_TAG] = run_key
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        logger = cls(uri, run.info.run_id, -math.inf)
+        logger.log_params(params)
+        if config is not None:
+            logger.log_dict(config, "config.yaml")
+        return logger
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (write-once), in batches."""
+        from mlflow.entities import Param
+
+        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i:i + 100])
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """An artifact made of a dict (yaml or json by the name's suffix)."""
+        self.client.log_dict(self.run_id, dict(data), name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or folder."""
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log(
+        self,
+        step: int,
+        metrics: Mapping[str, float],
+        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    ) -> None:
+        """Log history points and this step's metrics; `train/env_steps` goes last, so that
+        its presence in the store means everything at that step is there."""
+        from mlflow.entities import Metric
+
+        history_only = step <= self.watermark
+        now = int(time.time() * 1000)
+        points = [
+            Metric(name, float(value), now, int(s))
+            for name, series in (history or {}).items()
+            for s, value in series
+            if s > self.watermark and math.isfinite(value)
+        ]
+        if not history_only:
+            last = [
+                Metric(name, float(value), now, int(step))
+                for name, value in metrics.items()
+                if name != "train/env_steps" and math.isfinite(float(value))
+            ]
+            points += last + [Metric("train/env_steps", float(step), now, int(step))]
+        for i in range(0, len(points), BATCH):
+            self.client.log_batch(self.run_id, metrics=points[i:i + BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log plain metrics at one step (no watermark, no env-step bookkeeping)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=points)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def set_run_status(uri: str, run_id: str, status: str, only_if_running: bool = True) -> None:
+    """Set a run's status from outside its process (the driver's view of a trial)."""
+    client = _client(uri)
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.set_terminated(run_id, status=status)
+
+
+def write_json_artifact(logger: RunLogger, data: Mapping[str, Any], name: str) -> None:
+    """Log a json artifact through a temporary file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(data, indent=2, default=str))
+        logger.log_artifact(path)

@@ -1,0 +1,38 @@
+"""python -m pipelines.train [overrides]: one run, as one Tune trial, logged to MLflow."""
+
+from __future__ import annotations
+
+import sys
+
+from pipelines.cli import run_main
+from pipelines.config import UserError, parse_overrides
+
+SUMMARY = "Train one configuration as a single Tune trial, recorded as one MLflow run."
+EXAMPLES = [
+    "experiment=taxi_course",
+    "algo=q_learning env=frozenlake_slippery algo.episodes=20000 seed=3",
+    "experiment=taxi_course tracking.uri=http://127.0.0.1:5000",
+]
+
+
+def _body(args: list[str]) -> int:
+    from pipelines import runner
+    from pipelines.space import plan_sweep
+
+    for o in parse_overrides(args):
+        if o.is_sweep_override():
+            raise UserError(
+                f"{o.input_line}: a sweep expression; run sweeps with python -m pipelines.sweep"
+            )
+        if o.key_or_group == "resume" or o.key_or_group.startswith("sweep"):
+            raise UserError(f"{o.input_line}: sweep settings belong to python -m pipelines.sweep")
+    return runner.launch(plan_sweep(args, sweep_params=False), kind="train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return run_main("pipelines.train", SUMMARY, EXAMPLES, _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
