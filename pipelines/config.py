@@ -179,6 +179,8 @@ def _check_env(algo_name: str, env_id: str, kwargs_items: tuple) -> None:
 
     try:
         check_env_id(env_id)
+    except ModuleNotFoundError as e:
+        raise UserError(f"env.id={env_id}: cannot import the env's module ({e})") from None
     except gym.error.Error as e:
         raise UserError(f"env.id={env_id}: {e}") from None
     try:

@@ -32,6 +32,8 @@ class TrackingConfig:
 class ClusterConfig:
     """The Ray cluster and what one trial reserves on it."""
 
+    kind: str = "local"
+    """local (start Ray here) or remote (join the cluster at `address`)."""
     address: str | None = None
     """null starts a local Ray; host:port (or 'auto') joins a running cluster."""
     num_cpus: int | None = None
@@ -51,6 +53,12 @@ class ClusterConfig:
     """Run successive trials in the same worker process (saves seconds per short trial)."""
 
     def __post_init__(self) -> None:
+        v.one_of(self, "kind", ("local", "remote"))
+        if self.kind == "remote" and not self.address:
+            raise v.ConfigValueError(
+                "address", self.address, "required with cluster=remote: host:port of the Ray "
+                "head (or auto on a node of the cluster)"
+            )
         for key in ("num_cpus", "num_gpus"):
             if getattr(self, key) is not None:
                 v.at_least(self, key, 0 if key == "num_gpus" else 1)

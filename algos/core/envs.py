@@ -1,5 +1,6 @@
 """The env factory: every env the algorithms use is built here from an :class:`EnvConfig`."""
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,11 @@ class EnvConfig:
 
 
 def ensure_registered(env_id: str) -> None:
-    """Register the envs of the package that provides `env_id` (ale-py for ALE/*)."""
-    if env_id.startswith("ALE/"):
+    """Register the envs of the package that provides `env_id`: ale-py for ALE/*, and for
+    gymnasium's 'module:EnvName-v0' form the module, which registers its envs on import."""
+    if ":" in env_id:
+        importlib.import_module(env_id.split(":", 1)[0])
+    elif env_id.startswith("ALE/"):
         import ale_py
 
         gym.register_envs(ale_py)
@@ -27,7 +31,7 @@ def ensure_registered(env_id: str) -> None:
 def check_env_id(env_id: str) -> None:
     """Raise gymnasium's own error when `env_id` is not a registered env."""
     ensure_registered(env_id)
-    gym.spec(env_id)
+    gym.spec(env_id.split(":", 1)[-1])
 
 
 def make_env(cfg: EnvConfig, **overrides: Any) -> gym.Env:

@@ -1,0 +1,103 @@
+"""Shared fixtures: the real command line, a real MLflow server, MLflow read-back."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    """What one command-line run left."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    cwd: Path
+    ray_tmp: Path
+
+    @property
+    def last_line(self) -> str:
+        """The last non-empty line of stdout."""
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def cli_env(ray_tmp: Path) -> dict[str, str]:
+    """The environment of a command-line run: the repo importable by Ray's workers, Ray's
+    session files in a folder of the test's own (so a test can see whether Ray started)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    return env
+
+
+def run_cli(module: str, args: list[str], cwd: Path, timeout: float = 600) -> CliResult:
+    """python -m <module> <args> in `cwd`, as a user would run it."""
+    ray_tmp = cwd / "raytmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd, ray_tmp)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory for one command-line run."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its own sqlite file and artifact folder."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.read().decode().strip() == "OK":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

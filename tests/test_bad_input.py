@@ -1,0 +1,75 @@
+"""Bad input, through the real command line: exit 2, one line naming the key and what is
+allowed, no traceback, no Ray started, no MLflow run made."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+TRAIN, SWEEP = "pipelines.train", "pipelines.sweep"
+
+CASES = [
+    # (entry point, args, text the one line must contain)
+    (TRAIN, ["algo=foo"], ["algo=foo", "unknown option", "q_learning"]),
+    (TRAIN, ["env=nope"], ["env=nope", "frozenlake", "taxi"]),
+    (TRAIN, ["experiment=nope"], ["experiment=nope", "taxi_course"]),
+    (TRAIN, ["algo.foo=1"], ["algo.foo", "unknown key"]),
+    (TRAIN, ["+algo.zzz=3"], ["algo.zzz", "unknown key", "lr"]),
+    (TRAIN, ["foo=1"], ["foo", "unknown key"]),
+    (TRAIN, ["algo.lr=abc"], ["algo.lr=abc", "Float"]),
+    (TRAIN, ["seed=abc"], ["seed=abc", "Integer"]),
+    (TRAIN, ["algo.lr=-1"], ["algo.lr", "must be > 0"]),
+    (TRAIN, ["algo.gamma=1.5"], ["algo.gamma", "(0.0, 1.0]"]),
+    (TRAIN, ["algo.epsilon_start=2"], ["algo.epsilon_start", "[0.0, 1.0]"]),
+    (TRAIN, ["algo.episodes=0"], ["algo.episodes", ">= 1"]),
+    (TRAIN, ["algo.eval_seeds=[1,2]"], ["algo.eval_seeds", "eval_episodes=100"]),
+    (TRAIN, ["env.id=NoSuchEnv-v0"], ["env.id=NoSuchEnv-v0", "doesn't exist"]),
+    (TRAIN, ["env=taxi", "env.id=CartPole-v1"], ["algo=q_learning", "CartPole-v1", "discrete"]),
+    (TRAIN, ["+env.kwargs.wind=3"], ["env.kwargs", "gym.make"]),
+    (TRAIN, ["algo.lr=0.1,0.2"], ["algo.lr=0.1,0.2", "pipelines.sweep"]),
+    (TRAIN, ["tracking.uri=bogus"], ["tracking.uri=bogus", "sqlite:///"]),
+    (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),
+    (TRAIN, ["cluster.cpus_per_trial=-1"], ["cluster.cpus_per_trial", ">= 0"]),
+    (TRAIN, ["--bogus"], ["--bogus", "unknown flag"]),
+    (SWEEP, ["sweep=nope"], ["sweep=nope", "quickstart"]),
+    (SWEEP, ["algo.lr=interval(0.1"], ["algo.lr=interval(0.1", "not a valid override"]),
+    (SWEEP, ["algo.lr=interval(-1,1)"], ["algo.lr", "must be > 0"]),
+    (SWEEP, ["algo=q_learning,foo"], ["algo=foo", "unknown option"]),
+    (SWEEP, ["algo.gamma=0.5,1.5"], ["algo.gamma", "(0.0, 1.0]", "algo.gamma=1.5"]),
+    (SWEEP, ["sweep.search=grid", "algo.lr=interval(0.1,0.5)"], ["sweep.search=grid", "algo.lr"]),
+    (SWEEP, ["sweep.search=bayes"], ["sweep.search", "optuna"]),
+    (SWEEP, ["sweep.scheduler.name=hyperband"], ["sweep.scheduler.name", "asha"]),
+    (SWEEP, ["sweep.mode=maximize"], ["sweep.mode", "max, min"]),
+    (SWEEP, ["tracking.uri=http://127.0.0.1:1,2"], ["tracking", "cannot be swept"]),
+    (SWEEP, ["resume=no-such-sweep"], ["resume=no-such-sweep", "no sweep of that name"]),
+    (SWEEP, ["algo.lr=interval(1,0)"], ["algo.lr", "low < high"]),
+    (SWEEP, ["sweep.params.algo.lr=interval(1,0)"], ["sweep.params", "cannot be swept"]),
+]
+
+
+@pytest.mark.parametrize(
+    "module,args,expected", CASES, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in CASES]
+)
+def test_bad_input_exits_2_with_one_clear_line(workdir, module, args, expected):
+    result = run_cli(module, args, workdir, timeout=120)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not result.ray_tmp.exists(), "Ray was started"
+    assert not (workdir / "mlflow.db").exists(), "an MLflow store was written"
+    assert not (workdir / "ray_results").exists()
+
+
+def test_unreachable_tracking_server_exits_2_before_anything_starts(workdir):
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(TRAIN, [f"tracking.uri={uri}"], workdir, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: tracking.uri={uri}: no MLflow server answers")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not result.ray_tmp.exists()
+    assert not (workdir / "ray_results").exists()
