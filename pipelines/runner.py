@@ -33,6 +33,7 @@ from pipelines.trial import TrialContext, run_key, run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT_FILE = "rlpipe.json"
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl+C
 log = logging.getLogger("rlpipe")
 
 
@@ -110,30 +111,6 @@ def _scheduler(sweep: SweepConfig):
     )
 
 
-def _status_callback(ctx: TrialContext):
-    """A Tune callback that marks a trial's MLflow run when its process could not."""
-    from ray import tune
-
-    class MlflowStatus(tune.Callback):
-        def _mark(self, trial, status: str, tags: dict[str, str] | None = None) -> None:
-            try:
-                run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial.trial_id))
-                if run is not None and run.info.status == "RUNNING":
-                    if tags:
-                        RunLogger(ctx.tracking_uri, run.info.run_id, 0).set_tags(tags)
-                    set_run_status(ctx.tracking_uri, run.info.run_id, status)
-            except Exception as e:  # never let bookkeeping stop the sweep
-                log.warning("could not update the MLflow run of trial %s: %s", trial, e)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._mark(trial, "FAILED")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._mark(trial, "FINISHED", {"tune.stopped_early": "true"})
-
-    return MlflowStatus()
-
-
 def _trainable(ctx: TrialContext, cluster: ClusterConfig):
     from ray import tune
 
@@ -149,12 +126,14 @@ def _trainable(ctx: TrialContext, cluster: ClusterConfig):
 def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):
     from ray import tune
 
+    from pipelines.callbacks import MlflowStatusCallback
+
     return tune.RunConfig(
         name=ctx.name,
         storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_status_callback(ctx)],
+        callbacks=[MlflowStatusCallback(ctx)],
         verbose=1,
     )
 
@@ -282,14 +261,34 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
         if parent:
             parent.finish("KILLED")
         print(f"Interrupted. Resume with: python -m pipelines.sweep resume={ctx.name}")
-        return 130
+        return EXIT_INTERRUPTED
     except BaseException:
         if parent:
             parent.finish("FAILED")
         raise
     import ray
 
+    from pipelines.callbacks import INTERRUPTED
+
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
+    unfinished = _unfinished_trials(results) if INTERRUPTED.is_set() else []
+    if INTERRUPTED.is_set():
+        # Tune stopped on Ctrl+C (SIGINT) and saved its state: nothing is lost, the
+        # unfinished trials continue from their checkpoints on resume.
+        for trial_id in filter(None, unfinished):
+            run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
+            if run is not None:
+                # The trial's own thread saw a stop and may have called it early-stopped.
+                if "tune.stopped_early" in run.data.tags:
+                    RunLogger(ctx.tracking_uri, run.info.run_id, 0).client.delete_tag(
+                        run.info.run_id, "tune.stopped_early"
+                    )
+                set_run_status(ctx.tracking_uri, run.info.run_id, "KILLED", only_if_running=False)
+        if parent:
+            parent.finish("KILLED")
+        print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
+              f"Resume with: python -m pipelines.sweep resume={ctx.name}")
+        return EXIT_INTERRUPTED
     errors = [r for r in results if r.error is not None]
     best = None
     try:
@@ -325,6 +324,15 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
         parent.finish("FAILED" if errors else "FINISHED")
     print(ui_hint(ctx.tracking_uri, ctx.experiment_id, ctx.experiment_name))
     return 1 if errors else 0
+
+
+def _unfinished_trials(results) -> list[str]:
+    """Ids of the trials an interrupt stopped: no error, and no final (done) result."""
+    return [
+        r.metrics.get("trial_id")
+        for r in results
+        if r.error is None and r.metrics and not r.metrics.get("done")
+    ]
 
 
 def _summary_table(results, ctx: TrialContext, metric: str) -> str:

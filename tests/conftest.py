@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ class CliResult:
     stdout: str
     stderr: str
     cwd: Path
-    ray_tmp: Path
+    ray_started: bool
+    """Whether Ray wrote a session into the run's own RAY_TMPDIR."""
 
     @property
     def last_line(self) -> str:
@@ -45,12 +48,17 @@ def cli_env(ray_tmp: Path) -> dict[str, str]:
 
 def run_cli(module: str, args: list[str], cwd: Path, timeout: float = 600) -> CliResult:
     """python -m <module> <args> in `cwd`, as a user would run it."""
-    ray_tmp = cwd / "raytmp"
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=timeout,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd, ray_tmp)
+    # Ray's socket paths must stay under 107 bytes: keep its folder short.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=timeout,
+        )
+        started = any(ray_tmp.iterdir())
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd, started)
 
 
 def free_port() -> int:

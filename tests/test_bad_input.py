@@ -60,7 +60,7 @@ def test_bad_input_exits_2_with_one_clear_line(workdir, module, args, expected):
     for text in expected:
         assert text in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr
-    assert not result.ray_tmp.exists(), "Ray was started"
+    assert not result.ray_started, "Ray was started"
     assert not (workdir / "mlflow.db").exists(), "an MLflow store was written"
     assert not (workdir / "ray_results").exists()
 
@@ -71,5 +71,5 @@ def test_unreachable_tracking_server_exits_2_before_anything_starts(workdir):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: tracking.uri={uri}: no MLflow server answers")
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not result.ray_tmp.exists()
+    assert not result.ray_started
     assert not (workdir / "ray_results").exists()

@@ -1,0 +1,227 @@
+"""The pipeline end to end through the real command line: a local Ray, real MLflow stores
+(a sqlite file and a tracking server over HTTP), real gymnasium envs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import run_cli
+
+SMALL = [
+    "experiment=frozenlake_course",
+    "algo.episodes=400",
+    "algo.report_every=100",
+    "cluster.num_cpus=2",
+]
+SWEEP4 = SMALL + ["algo.lr=0.5,0.9", "seed=range(0,2)", "sweep.name=four"]
+
+
+def runs_of(client: MlflowClient, experiment: str):
+    """(parents, children) of an experiment."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, [e.name for e in client.search_experiments()]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return exp, parents, children
+
+
+def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "sweeps") -> None:
+    """Exactly one parent and one child per trial, with params, tags, stepped metrics,
+    the config and the model as artifacts, and the best trial summarized on the parent."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp, parents, children = runs_of(client, experiment)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "four"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    combos = {(c.data.params["algo.lr"], c.data.params["seed"]) for c in children}
+    assert combos == {("0.5", "0"), ("0.5", "1"), ("0.9", "0"), ("0.9", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        tags = child.data.tags
+        assert tags["algo"] == "q_learning" and tags["env"] == "frozenlake"
+        assert tags["seed"] == child.data.params["seed"] and tags["git_commit"]
+        params = child.data.params
+        assert params["env.id"] == "FrozenLake-v1" and params["algo.episodes"] == "400"
+        assert params["algo.gamma"] == "0.95" and params["env.kwargs.is_slippery"] == "False"
+        score = client.get_metric_history(child.info.run_id, "eval/score")
+        steps = [m.step for m in score]
+        assert len(score) == 4 and steps == sorted(steps) and len(set(steps)) == 4
+        env_steps = client.get_metric_history(child.info.run_id, "train/env_steps")
+        assert [m.step for m in env_steps] == steps
+        assert [m.value for m in env_steps] == [float(s) for s in steps]
+        returns = client.get_metric_history(child.info.run_id, "train/episode_return")
+        assert len(returns) == 400
+        for name in ("eval/mean_return", "eval/std_return", "loss/td", "train/epsilon",
+                     "train/q_mean", "perf/env_steps_per_s", "perf/updates_per_s"):
+            assert name in child.data.metrics, name
+        top = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "model"} <= top
+        model = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
+        assert model == {"model/q_table.npy", "model/meta.json"}
+    best = max(children, key=lambda c: c.data.metrics["eval/score"])
+    assert parent.data.metrics["best/eval/score"] == best.data.metrics["eval/score"]
+    assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
+    assert {"best.algo.lr", "best.seed"} <= set(parent.data.tags)
+    assert parent.data.params["space.algo.lr"] == "0.5,0.9"
+    assert "workflowType=machine_learning" in result.last_line
+    assert f"#/experiments/{exp.experiment_id}/runs" in result.last_line
+
+
+def test_sweep_of_four_trials_logs_one_parent_and_four_children(workdir):
+    result = run_cli("pipelines.sweep", SWEEP4, workdir)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    check_four_trial_sweep(client, result)
+    assert result.last_line.startswith("See the runs of experiment 'sweeps':")
+    assert f"cd {workdir} && " in result.last_line and "mlflow ui" in result.last_line
+    # The Q-table logged is the trained one: greedy play from it solves the lake.
+    _, _, children = runs_of(client, "sweeps")
+    from pipelines.models import load_q_table
+
+    table = load_q_table(f"sqlite:///{workdir / 'mlflow.db'}", children[0].info.run_id)
+    assert table.shape == (16, 4) and table.any()
+
+
+def test_sweep_against_a_tracking_server_over_http(workdir, mlflow_server):
+    result = run_cli("pipelines.sweep", SWEEP4 + [f"tracking.uri={mlflow_server}"], workdir)
+    client = MlflowClient(mlflow_server)
+    check_four_trial_sweep(client, result)
+    assert result.last_line.startswith("See the runs of experiment 'sweeps' at http://127.0.0.1:")
+    assert not (workdir / "mlflow.db").exists()
+    _, _, children = runs_of(client, "sweeps")
+    local = client.download_artifacts(children[0].info.run_id, "config.yaml", str(workdir))
+    assert "FrozenLake-v1" in Path(local).read_text()
+
+
+def test_train_is_one_run_without_a_parent(workdir):
+    result = run_cli("pipelines.train", SMALL + ["seed=5"], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp, parents, children = runs_of(client, "q_learning-frozenlake")
+    assert len(parents) == 1 and not children
+    run = parents[0]
+    assert run.info.status == "FINISHED" and run.data.tags["seed"] == "5"
+    assert run.data.metrics["eval/mean_return"] == 1.0
+    assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "workflowType=machine_learning" in result.last_line
+
+
+@pytest.mark.parametrize("mode", ["raise", "exit"])
+def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, mode):
+    """The env fails once at training episode 250 (after checkpoints at 100 and 200): by an
+    exception, or by killing the worker process. Tune restarts the trial from episode 200;
+    MLflow still has one run per trial, FINISHED, with no metric step logged twice."""
+    marker = workdir / f"crashed-{mode}"
+    args = [
+        "algo=q_learning", "env=frozenlake", "env.id=tests.fault_env:CrashOnceFrozenLake-v0",
+        "~env.kwargs.map_name", "~env.kwargs.is_slippery", f"+env.kwargs.marker={marker}",
+        f"+env.kwargs.mode={mode}", "+env.kwargs.crash_at=250", "algo.episodes=400",
+        "algo.report_every=100", "cluster.num_cpus=2", "seed=0,1", "sweep.name=faulty",
+    ]
+    result = run_cli("pipelines.sweep", args, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert marker.exists(), "the fault was not injected"
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 2
+    restored = [c for c in children if "rlpipe.restored_from" in c.data.tags]
+    assert len(restored) == 1, "exactly one trial crashed and was restored"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for name in ("eval/score", "train/env_steps"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
+            assert len(steps) == 4 and len(set(steps)) == 4, (name, steps)
+        returns = client.get_metric_history(child.info.run_id, "train/episode_return")
+        assert len(returns) == 400
+        assert child.data.metrics["eval/mean_return"] == 1.0
+    # The restarted trial learned exactly what an uninterrupted one learns.
+    seed_of = {c.data.params["seed"]: c for c in children}
+    assert len(seed_of) == 2
+
+
+def test_random_search_samples_intervals_on_a_log_scale(workdir):
+    args = SMALL + ["algo.lr=tag(log,interval(0.05,0.9))", "algo.gamma=interval(0.8,0.99)",
+                    "sweep.search=random", "sweep.num_samples=3", "sweep.name=rand"]
+    result = run_cli("pipelines.sweep", args, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 3
+    lrs = {float(c.data.params["algo.lr"]) for c in children}
+    assert len(lrs) == 3 and all(0.05 <= lr <= 0.9 for lr in lrs)
+    assert all(0.8 <= float(c.data.params["algo.gamma"]) <= 0.99 for c in children)
+    assert parents[0].data.params["space.algo.lr"] == "tag(log,interval(0.05,0.9))"
+
+
+def test_optuna_with_asha_over_config_groups(workdir):
+    args = SMALL + [
+        "experiment=frozenlake_course,taxi_course", "algo.episodes=600",
+        "algo.lr=tag(log,interval(0.1,0.9))", "sweep.search=optuna", "sweep.num_samples=4",
+        "sweep.scheduler.name=asha", "sweep.scheduler.max_t=6", "sweep.scheduler.grace_period=2",
+        "sweep.name=tpe",
+    ]
+    result = run_cli("pipelines.sweep", args, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.params["env.id"] for c in children} <= {"FrozenLake-v1", "Taxi-v3"}
+    assert all(c.info.status == "FINISHED" for c in children)
+    best = json.loads(Path(client.download_artifacts(
+        parents[0].info.run_id, "best_trial.json", str(workdir))).read_text())
+    assert best["metric"] == "eval/score" and best["run_id"]
+
+
+def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir):
+    """Ctrl+C (SIGINT) mid-sweep: exit 130, unfinished runs KILLED, state saved. Then
+    `resume=<name>` finishes them into the same runs, from their checkpoints."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from tests.conftest import cli_env
+
+    args = ["experiment=taxi_course", "seed=range(0,4)", "cluster.num_cpus=2",
+            "sweep.name=resumable"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir, env=cli_env(ray_tmp),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    trials = workdir / "ray_results" / "resumable"
+    deadline = time.time() + 240
+    while not list(trials.glob("trial_*/checkpoint_000002")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 130, out[-3000:]
+    assert "resume=resumable" in out.splitlines()[-1]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert parents[0].info.status == "KILLED"
+    assert "KILLED" in {c.info.status for c in children}
+
+    result = run_cli("pipelines.sweep", ["resume=resumable"], workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2", "3"]
+    assert any("rlpipe.restored_from" in c.data.tags for c in children)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "tune.stopped_early" not in child.data.tags
+        score = [m.step for m in client.get_metric_history(child.info.run_id, "eval/score")]
+        assert len(score) == 25 and len(set(score)) == 25
+        returns = client.get_metric_history(child.info.run_id, "train/episode_return")
+        assert len(returns) == 25_000
+        assert child.data.metrics["eval/score"] >= 4.5
