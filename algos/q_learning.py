@@ -213,7 +213,11 @@ def train(
                 "env_rng": generator_state(env.unwrapped.np_random),
             }
             reporter.report(
-                env_steps, metrics, history={"train/episode_return": returns}, state=checkpoint
+                env_steps,
+                metrics,
+                history={"train/episode_return": returns},
+                state=checkpoint,
+                final=episode == cfg.episodes,
             )
             returns, sq_td_sum, updates = [], 0.0, 0
             watch.lap()  # evaluation and reporting are not training time

@@ -38,3 +38,33 @@ def load_q_table(tracking_uri: str, run_id: str) -> np.ndarray:
 
     path = download_artifacts(run_id=run_id, artifact_path=Q_TABLE, tracking_uri=tracking_uri)
     return np.load(path)
+
+
+def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved config a run logged."""
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    path = download_artifacts(run_id=run_id, artifact_path="config.yaml",
+                              tracking_uri=tracking_uri)
+    return yaml.safe_load(Path(path).read_text())
+
+
+def play(tracking_uri: str, run_id: str, episodes: int | None = None) -> dict[str, Any]:
+    """Evaluate a run's logged model greedily, with the run's own evaluation settings
+    (or `episodes` seeds 0..episodes-1): mean, std and score (mean - std)."""
+    from algos.core.envs import EnvConfig, make_env
+
+    config = run_config(tracking_uri, run_id)
+    algo, env_cfg = config["algo"], EnvConfig(**config["env"])
+    if algo["name"] != "q_learning":
+        raise NotImplementedError(f"no player for algo {algo['name']}")
+    from algos.q_learning import QLearningConfig, evaluate
+
+    cfg = QLearningConfig(**algo)
+    seeds = list(range(episodes)) if episodes else cfg.evaluation_seeds()
+    env = make_env(env_cfg)
+    mean, std, returns = evaluate(load_q_table(tracking_uri, run_id), env, seeds, cfg.max_steps)
+    env.close()
+    return {"episodes": len(returns), "mean_return": mean, "std_return": std,
+            "score": mean - std}

@@ -255,6 +255,7 @@ def resume(name: str, cluster: ClusterConfig) -> int:
 
 def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> int:
     metric, mode = ctx.settings["metric"], ctx.settings["mode"]
+    started = time.perf_counter()
     try:
         results = tuner.fit()
     except KeyboardInterrupt:
@@ -289,6 +290,9 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
         print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
               f"Resume with: python -m pipelines.sweep resume={ctx.name}")
         return EXIT_INTERRUPTED
+    fit_seconds = time.perf_counter() - started
+    if parent:
+        parent.log_metrics({"perf/sweep_wall_s": fit_seconds, "perf/trials": len(results)})
     errors = [r for r in results if r.error is not None]
     best = None
     try:

@@ -26,6 +26,18 @@ class TrackingConfig:
     """MLflow tracking URI: sqlite:///file.db, a folder, or http(s)://host:port."""
     experiment: str | None = None
     """MLflow experiment; null: the sweep's config name (sweeps) or '<algo>-<env>' (train)."""
+    flush_every_s: float = 10.0
+    """Most seconds a trial holds metrics before writing them to MLflow (a checkpoint and
+    the end of the trial always write them first)."""
+
+    max_points_per_report: int = 200
+    """Most points a report adds to a per-episode series (train/episode_return): past it,
+    consecutive episodes are averaged, each point stepped at its last episode's end.
+    0 keeps every episode (MLflow's sqlite store slows as a run's points grow)."""
+
+    def __post_init__(self) -> None:
+        v.at_least(self, "flush_every_s", 0.0)
+        v.at_least(self, "max_points_per_report", 0)
 
 
 @dataclass
@@ -51,6 +63,9 @@ class ClusterConfig:
     """Retries of a failed trial, each from its last checkpoint."""
     reuse_actors: bool = True
     """Run successive trials in the same worker process (saves seconds per short trial)."""
+    checkpoint_every_s: float = 30.0
+    """Least seconds between a trial's checkpoints (0: at every report). A trial's last
+    report always checkpoints; a failed trial restarts from its newest checkpoint."""
 
     def __post_init__(self) -> None:
         v.one_of(self, "kind", ("local", "remote"))
@@ -65,6 +80,7 @@ class ClusterConfig:
         v.at_least(self, "cpus_per_trial", 0.0)
         v.at_least(self, "gpus_per_trial", 0.0)
         v.at_least(self, "max_failures", 0)
+        v.at_least(self, "checkpoint_every_s", 0.0)
         if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
             raise v.ConfigValueError("cpus_per_trial", 0, "a trial must reserve a CPU or a GPU")
 
@@ -122,6 +138,22 @@ class SweepConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """What python -m pipelines.evaluate plays."""
+
+    run_id: str | None = None
+    """The MLflow run whose logged model plays."""
+    episodes: int | None = None
+    """Episodes to play (null: the run's own evaluation episodes and seeds)."""
+    record: bool = False
+    """Also log the results to that run, as evaluate/* metrics."""
+
+    def __post_init__(self) -> None:
+        if self.episodes is not None:
+            v.positive(self, "episodes")
+
+
+@dataclass
 class PipelineConfig:
     """The root of the composed config."""
 
@@ -130,6 +162,7 @@ class PipelineConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     seed: int = 0
     resume: str | None = None
 

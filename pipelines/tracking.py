@@ -206,25 +206,41 @@ class RunLogger:
         metrics: Mapping[str, float],
         history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     ) -> None:
-        """Log history points and this step's metrics; `train/env_steps` goes last, so that
-        its presence in the store means everything at that step is there."""
+        """Log one report: history points and this step's metrics."""
+        self.log_reports([(step, metrics, history)])
+
+    def log_reports(
+        self,
+        reports: Sequence[
+            tuple[int, Mapping[str, float], Mapping[str, Sequence[tuple[int, float]]] | None]
+        ],
+    ) -> None:
+        """Log reports of (step, metrics, history) in as few calls as MLflow allows.
+
+        `train/env_steps` points go last, so that a step's `train/env_steps` in the store
+        means everything of that step is there; steps at or below the watermark (logged
+        before a restart) are skipped.
+        """
         from mlflow.entities import Metric
 
-        history_only = step <= self.watermark
         now = int(time.time() * 1000)
-        points = [
-            Metric(name, float(value), now, int(s))
-            for name, series in (history or {}).items()
-            for s, value in series
-            if s > self.watermark and math.isfinite(value)
-        ]
-        if not history_only:
-            last = [
+        points, marks = [], []
+        for step, metrics, history in reports:
+            for name, series in (history or {}).items():
+                points += [
+                    Metric(name, float(value), now, int(s))
+                    for s, value in series
+                    if s > self.watermark and math.isfinite(value)
+                ]
+            if step <= self.watermark:
+                continue
+            points += [
                 Metric(name, float(value), now, int(step))
                 for name, value in metrics.items()
                 if name != "train/env_steps" and math.isfinite(float(value))
             ]
-            points += last + [Metric("train/env_steps", float(step), now, int(step))]
+            marks.append(Metric("train/env_steps", float(step), now, int(step)))
+        points += marks
         for i in range(0, len(points), BATCH):
             self.client.log_batch(self.run_id, metrics=points[i:i + BATCH])
 

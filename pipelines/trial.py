@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,17 +65,50 @@ def load_state(folder: str | Path) -> dict[str, Any]:
         return pickle.load(f)
 
 
-class TrialReporter:
-    """The Reporter an algorithm gets inside a trial: MLflow first, then Tune.
+def thin(series: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
+    """At most `max_points` points: consecutive points averaged in near-equal groups, each
+    stepped at its group's last step. 0 keeps them all."""
+    n = len(series)
+    if max_points <= 0 or n <= max_points:
+        return list(series)
+    bounds = [round(i * n / max_points) for i in range(max_points + 1)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        group = series[lo:hi]
+        out.append((group[-1][0], sum(v for _, v in group) / len(group)))
+    return out
 
-    MLflow goes first so that a trial stopped by the scheduler (inside tune.report) has
-    its last metrics recorded; a restart from an earlier checkpoint does not log them
-    twice (RunLogger's watermark).
+
+class TrialReporter:
+    """The Reporter an algorithm gets inside a trial: to MLflow and to Tune.
+
+    Every report goes to Tune at once (schedulers and searchers see it). MLflow writes are
+    buffered for up to `flush_every_s`, and a checkpoint is kept at most every
+    `checkpoint_every_s` and at the last report. The buffer is always written before a
+    checkpoint, so a trial restarted from its newest checkpoint regenerates whatever was
+    not written yet, and RunLogger's watermark skips what was.
     """
 
-    def __init__(self, logger: RunLogger) -> None:
+    def __init__(
+        self,
+        logger: RunLogger,
+        checkpoint_every_s: float,
+        flush_every_s: float,
+        max_points_per_report: int = 0,
+    ) -> None:
         self.logger = logger
-        self.last_state: Mapping[str, Any] | None = None
+        self.max_points = max_points_per_report
+        self.checkpoint_every_s = checkpoint_every_s
+        self.flush_every_s = flush_every_s
+        self.pending: list[tuple[int, Mapping[str, float], Any]] = []
+        self.last_checkpoint = self.last_flush = time.monotonic()
+
+    def flush(self) -> None:
+        """Write the buffered reports to MLflow."""
+        if self.pending:
+            self.logger.log_reports(self.pending)
+            self.pending = []
+        self.last_flush = time.monotonic()
 
     def report(
         self,
@@ -82,19 +116,27 @@ class TrialReporter:
         metrics: Mapping[str, float],
         history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
         state: Mapping[str, Any] | None = None,
+        final: bool = False,
     ) -> None:
-        """Log to MLflow, then tune.report with a checkpoint when `state` is given."""
+        """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
         from ray import tune
 
-        self.logger.log(step, metrics, history)
+        history = {k: thin(v, self.max_points) for k, v in (history or {}).items()}
+        self.pending.append((step, dict(metrics), history))
+        now = time.monotonic()
+        checkpoint = state is not None and (
+            final or now - self.last_checkpoint >= self.checkpoint_every_s
+        )
+        if checkpoint or final or now - self.last_flush >= self.flush_every_s:
+            self.flush()
         result = {**metrics, "train/env_steps": float(step)}
-        if state is None:
+        if not checkpoint:
             tune.report(result)
             return
-        self.last_state = state
         folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
         try:
             save_state(state, folder)
+            self.last_checkpoint = now
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -153,16 +195,24 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         with checkpoint.as_directory() as folder:
             state = load_state(folder)
         logger.set_tags({"rlpipe.restored_from": checkpoint.path})
-    reporter = TrialReporter(logger)
+    reporter = TrialReporter(
+        logger,
+        cfg.cluster.checkpoint_every_s,
+        cfg.tracking.flush_every_s,
+        cfg.tracking.max_points_per_report,
+    )
     try:
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
+        reporter.flush()
         log_model(logger, cfg.algo.name, result, composed)
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.
+        reporter.flush()
         logger.set_tags({"tune.stopped_early": "true"})
         logger.finish("FINISHED")
         raise
     except BaseException:
+        reporter.flush()
         logger.finish("FAILED")
         raise
     logger.finish("FINISHED")

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import free_port, run_cli
 
-TRAIN, SWEEP = "pipelines.train", "pipelines.sweep"
+TRAIN, SWEEP, EVALUATE = "pipelines.train", "pipelines.sweep", "pipelines.evaluate"
 
 CASES = [
     # (entry point, args, text the one line must contain)
@@ -32,6 +32,9 @@ CASES = [
     (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),
     (TRAIN, ["cluster.cpus_per_trial=-1"], ["cluster.cpus_per_trial", ">= 0"]),
     (TRAIN, ["--bogus"], ["--bogus", "unknown flag"]),
+    (EVALUATE, [], ["evaluate.run_id", "required"]),
+    (EVALUATE, ["evaluate.run_id=abc"], ["tracking.uri=sqlite:///", "no MLflow store"]),
+    (EVALUATE, ["evaluate.run_id=abc", "evaluate.episodes=0"], ["evaluate.episodes", "> 0"]),
     (SWEEP, ["sweep=nope"], ["sweep=nope", "quickstart"]),
     (SWEEP, ["algo.lr=interval(0.1"], ["algo.lr=interval(0.1", "not a valid override"]),
     (SWEEP, ["algo.lr=interval(-1,1)"], ["algo.lr", "must be > 0"]),

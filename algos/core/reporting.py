@@ -20,13 +20,15 @@ class Reporter(Protocol):
         metrics: Mapping[str, float],
         history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
         state: Mapping[str, Any] | None = None,
+        final: bool = False,
     ) -> None:
         """Record `metrics` at `step`.
 
         history: finer-grained points since the last report, as (step, value) pairs per
             metric (e.g. every finished episode's return).
-        state: when given, a checkpoint: everything needed to continue from here,
-            as passed back to the algorithm's `train(..., state=...)`.
+        state: everything needed to continue from here, as passed back to the algorithm's
+            `train(..., state=...)`; the listener decides whether to checkpoint it.
+        final: this is the run's last report.
         """
 
 
@@ -44,6 +46,7 @@ class MemoryReporter:
         metrics: Mapping[str, float],
         history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
         state: Mapping[str, Any] | None = None,
+        final: bool = False,
     ) -> None:
         """Append the report; remember the newest checkpoint state."""
         self.reports.append({"step": step, **metrics})
@@ -56,5 +59,5 @@ class MemoryReporter:
 class NullReporter:
     """Discards everything."""
 
-    def report(self, step, metrics, history=None, state=None) -> None:  # noqa: D401
+    def report(self, step, metrics, history=None, state=None, final=False) -> None:
         """Do nothing."""

@@ -1,0 +1,20 @@
+"""Run every benchmark in turn: python -m benchmarks.run (make bench)."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+BENCHMARKS = ["benchmarks.q_learning_taxi", "benchmarks.sweep_efficiency"]
+
+
+def main() -> None:
+    """Each benchmark prints its table and writes benchmarks/results/<name>.json."""
+    for name in BENCHMARKS:
+        print(f"\n## {name}\n", flush=True)
+        sys.argv = [name]
+        runpy.run_module(name, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
