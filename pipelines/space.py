@@ -137,11 +137,14 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
     keys = [d.key for d in dims]
     if len(set(keys)) != len(keys):
         raise UserError(f"{keys}: a key is swept twice")
-    base = load(fixed + [d.first() for d in dims])
-    for d in dims:
-        if not d.discrete:
-            current = _lookup(base.container, d.key)
+    continuous = [d for d in dims if not d.discrete]
+    if continuous:
+        # An interval over an int-typed key samples ints: read the key's type first.
+        without = load(fixed + [d.first() for d in dims if d.discrete]).container
+        for d in continuous:
+            current = _lookup(without, d.key)
             d.integer = isinstance(current, int) and not isinstance(current, bool)
+    base = load(fixed + [d.first() for d in dims])
     _validate_space(fixed, dims)
     space_text = {d.key: d.expression for d in dims}
     return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text)
