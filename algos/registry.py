@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from algos import q_learning
+from algos import dqn, q_learning
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,13 @@ ALGORITHMS: dict[str, Algorithm] = {
         train=q_learning.train,
         budget_key="episodes",
         check_env=q_learning.check_spaces,
+    ),
+    "dqn": Algorithm(
+        name="dqn",
+        config_class=dqn.DQNConfig,
+        train=dqn.train,
+        budget_key="total_steps",
+        check_env=dqn.check_spaces,
     ),
 }
 

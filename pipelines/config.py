@@ -171,7 +171,7 @@ def compose_config(overrides: list[str]) -> Composed:
 
 
 @functools.lru_cache(maxsize=64)
-def _check_env(algo_name: str, env_id: str, kwargs_items: tuple) -> None:
+def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple) -> None:
     import gymnasium as gym
 
     from algos.core.envs import EnvConfig, check_env_id, make_env
@@ -184,7 +184,7 @@ def _check_env(algo_name: str, env_id: str, kwargs_items: tuple) -> None:
     except gym.error.Error as e:
         raise UserError(f"env.id={env_id}: {e}") from None
     try:
-        env = make_env(EnvConfig(id=env_id, kwargs=dict(kwargs_items)))
+        env = make_env(EnvConfig(id=env_id, kwargs=dict(kwargs_items), **dict(extra)))
     except (TypeError, ValueError, gym.error.Error) as e:
         raise UserError(
             f"env.kwargs={dict(kwargs_items)}: gym.make({env_id!r}) refused: {e}"
@@ -205,7 +205,8 @@ def check_runnable(composed: Composed) -> None:
     if algo_name not in ALGORITHMS:
         raise UserError(f"algo.name={algo_name}: unknown; allowed: {', '.join(ALGORITHMS)}")
     env = composed.cfg.env
-    _check_env(algo_name, env.id, tuple(sorted(env.kwargs.items(), key=lambda kv: kv[0])))
+    extra = tuple((k, v) for k, v in sorted(vars(env).items()) if k not in ("id", "kwargs"))
+    _check_env(algo_name, env.id, tuple(sorted(env.kwargs.items(), key=lambda kv: kv[0])), extra)
 
 
 def load(overrides: list[str]) -> Composed:

@@ -29,6 +29,17 @@ def log_model(logger: RunLogger, algo_name: str, result: Any, composed: Composed
             }))
             logger.log_artifact(folder, "model")
         return
+    if algo_name == "dqn":
+        import mlflow.pytorch
+
+        # The trial's run is made active only for log_model, the one fluent call.
+        mlflow.set_tracking_uri(logger.uri)
+        with mlflow.start_run(run_id=logger.run_id):
+            mlflow.pytorch.log_model(
+                result.network, name="model", pip_requirements=["torch"],
+                input_example=result.example_obs,
+            )
+        return
     raise NotImplementedError(f"no model logging for algo {algo_name}")
 
 

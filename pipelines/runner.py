@@ -111,16 +111,26 @@ def _scheduler(sweep: SweepConfig):
     )
 
 
+def trial_bundles(cfg) -> list[dict[str, float]]:
+    """A trial's placement group: the learner's CPUs and GPU share, then one CPU per
+    rollout worker, so Tune packs trials onto the cluster without oversubscribing."""
+    learner = {"CPU": cfg.cluster.cpus_per_trial}
+    if cfg.cluster.gpus_per_trial:
+        learner["GPU"] = cfg.cluster.gpus_per_trial
+    workers = int(getattr(cfg.algo, "num_rollout_workers", 0))
+    return [learner] + [{"CPU": 1.0} for _ in range(workers)]
+
+
 def _trainable(ctx: TrialContext, cluster: ClusterConfig):
     from ray import tune
 
-    bundle = {"CPU": cluster.cpus_per_trial}
-    if cluster.gpus_per_trial:
-        bundle["GPU"] = cluster.gpus_per_trial
-    return tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx),
-        resources=tune.PlacementGroupFactory([bundle]),
-    )
+    from pipelines.config import compose_config
+
+    def resources(config: dict[str, Any]):
+        overrides = list(ctx.fixed) + [f"{k}={v}" for k, v in config.items()]
+        return tune.PlacementGroupFactory(trial_bundles(compose_config(overrides).cfg))
+
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=resources)
 
 
 def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):

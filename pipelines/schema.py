@@ -176,6 +176,7 @@ def register() -> None:
     cs.store(name="base_config", node=PipelineConfig)
     for name, algorithm in ALGORITHMS.items():
         cs.store(group="algo", name=f"base_{name}", node=algorithm.config_class)
+    cs.store(group="env", name="base_env", node=EnvConfig)
 
 
 register()

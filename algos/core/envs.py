@@ -6,6 +6,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from algos.core import validation as v
+
 
 @dataclass
 class EnvConfig:
@@ -15,6 +17,29 @@ class EnvConfig:
     """Gymnasium env id, e.g. FrozenLake-v1, Taxi-v3, CartPole-v1, ALE/Pong-v5."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gym.make (e.g. map_name, is_slippery)."""
+    kind: str = "gym"
+    """gym: gym.make(id, **kwargs) as it is; atari: an ALE game with the DQN preprocessing
+    below (frame skip, 84x84 grayscale, frame stack, no-op starts)."""
+    frame_skip: int = 4
+    """atari: frames per agent step (the action repeats; max over the last two frames)."""
+    frame_stack: int = 4
+    """atari: frames stacked into one observation."""
+    noop_max: int = 30
+    """atari: up to this many no-op actions at the start of an episode."""
+    screen_size: int = 84
+    """atari: frames resized to screen_size x screen_size, grayscale."""
+    repeat_action_probability: float = 0.25
+    """atari: sticky actions; 0.25 is ALE v5's default, 0.0 matches NoFrameskip-v4."""
+    max_episode_frames: int = 108_000
+    """atari: episodes are truncated after this many emulator frames (30 minutes)."""
+
+    def __post_init__(self) -> None:
+        v.one_of(self, "kind", ("gym", "atari"))
+        v.positive(self, "frame_skip", "frame_stack", "screen_size", "max_episode_frames")
+        v.at_least(self, "noop_max", 0)
+        v.in_range(self, "repeat_action_probability", 0.0, 1.0)
+        if self.kind == "atari" and not self.id.startswith("ALE/"):
+            raise v.ConfigValueError("id", self.id, "kind=atari needs an ALE/<Game>-v5 id")
 
 
 def ensure_registered(env_id: str) -> None:
@@ -35,6 +60,48 @@ def check_env_id(env_id: str) -> None:
 
 
 def make_env(cfg: EnvConfig, **overrides: Any) -> gym.Env:
-    """gym.make(cfg.id, **cfg.kwargs, **overrides)."""
+    """One env: gym.make(cfg.id, **cfg.kwargs, **overrides), with the Atari preprocessing
+    when cfg.kind is atari."""
     ensure_registered(cfg.id)
-    return gym.make(cfg.id, **{**cfg.kwargs, **overrides})
+    if cfg.kind != "atari":
+        return gym.make(cfg.id, **{**cfg.kwargs, **overrides})
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    env = gym.make(
+        cfg.id,
+        frameskip=1,  # AtariPreprocessing skips frames itself
+        repeat_action_probability=cfg.repeat_action_probability,
+        max_num_frames_per_episode=cfg.max_episode_frames,
+        **{**cfg.kwargs, **overrides},
+    )
+    env = AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=cfg.frame_skip,
+                             screen_size=cfg.screen_size, grayscale_obs=True)
+    return FrameStackObservation(env, cfg.frame_stack)
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
+    """`num_envs` envs stepped together, with next-step autoreset: ale-py's native
+    AtariVectorEnv (preprocessing in C++ threads) for Atari, else gymnasium's sync one."""
+    ensure_registered(cfg.id)
+    if cfg.kind == "atari":
+        from ale_py.vector_env import AtariVectorEnv
+
+        game = cfg.id.split("/", 1)[-1].split("-", 1)[0]
+        game = "".join("_" + c.lower() if c.isupper() else c for c in game).lstrip("_")
+        return AtariVectorEnv(
+            game=game,
+            num_envs=num_envs,
+            num_threads=1,
+            frameskip=cfg.frame_skip,
+            stack_num=cfg.frame_stack,
+            img_height=cfg.screen_size,
+            img_width=cfg.screen_size,
+            grayscale=True,
+            noop_max=cfg.noop_max,
+            repeat_action_probability=cfg.repeat_action_probability,
+            max_num_frames_per_episode=cfg.max_episode_frames,
+            reward_clipping=False,  # returns stay the game's score; the learner may clip
+            use_fire_reset=False,  # as gymnasium's AtariPreprocessing: no FIRE on reset
+            **cfg.kwargs,
+        )
+    return gym.vector.SyncVectorEnv([lambda: make_env(cfg) for _ in range(num_envs)])

@@ -1,0 +1,274 @@
+"""Uniform replay memories (course unit 3: no prioritization).
+
+Two layouts behind one interface, `add(...)` and `sample(batch_size)`:
+
+- :class:`ReplayBuffer` stores each transition's observation and next observation as
+  they are (vector observations such as CartPole's, or frames when memory is no object).
+- :class:`FrameReplayBuffer` stores each Atari frame once and rebuilds the stacks when it
+  samples: 1,000,000 transitions of 84x84 frames take about 7.1 GB instead of 28 GB (no
+  next observations) or 56 GB (both stacks).
+
+Transitions arrive per env stream (`env_ids`), in the order each env produced them,
+without the reset steps of next-step autoreset (the rollout workers drop those). A
+transition stores `terminated` only: a truncated episode still bootstraps from its true
+final observation, which both layouts keep.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Batch:
+    """A sampled minibatch, as numpy arrays with the batch first."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS says are available now (Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """Raise MemoryError with the figures when `nbytes` will not fit in memory now."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise MemoryError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB but {free / 2**30:.2f} GiB is available; "
+            "lower algo.buffer_size (or use the frame-deduplicating memory for Atari)"
+        )
+
+
+class ReplayBuffer:
+    """A preallocated numpy ring of whole transitions (SB3's layout, one ring per env)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype | type,
+        n_envs: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        self.n_envs = n_envs
+        self.ring = max(1, capacity // n_envs)
+        obs_dtype = np.dtype(obs_dtype)
+        per_slot = 2 * int(np.prod(obs_shape)) * obs_dtype.itemsize + 8 + 4 + 1
+        check_fits(per_slot * self.ring * n_envs, f"a replay memory of {capacity:,} transitions")
+        shape = (n_envs, self.ring)
+        self.obs = np.zeros(shape + tuple(obs_shape), dtype=obs_dtype)
+        self.next_obs = np.zeros(shape + tuple(obs_shape), dtype=obs_dtype)
+        self.actions = np.zeros(shape, dtype=np.int64)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.terminated = np.zeros(shape, dtype=np.bool_)
+        self.count = np.zeros(n_envs, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(a.nbytes for a in (self.obs, self.next_obs, self.actions, self.rewards,
+                                      self.terminated))
+
+    def __len__(self) -> int:
+        return int(np.minimum(self.count, self.ring).sum())
+
+    def add(
+        self,
+        env_ids: np.ndarray,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        episode_starts: np.ndarray | None = None,
+    ) -> None:
+        """Store transitions; row k came from env `env_ids[k]`."""
+        for k, e in enumerate(np.asarray(env_ids)):
+            i = self.count[e] % self.ring
+            self.obs[e, i] = obs[k]
+            self.next_obs[e, i] = next_obs[k]
+            self.actions[e, i] = actions[k]
+            self.rewards[e, i] = rewards[k]
+            self.terminated[e, i] = terminated[k]
+            self.count[e] += 1
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform over the stored transitions."""
+        sizes = np.minimum(self.count, self.ring)
+        if sizes.sum() == 0:
+            raise ValueError("cannot sample an empty replay memory")
+        flat = self.rng.integers(0, sizes.sum(), size=batch_size)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        env = np.searchsorted(offsets, flat, side="right") - 1
+        idx = flat - offsets[env]
+        return Batch(self.obs[env, idx], self.actions[env, idx], self.rewards[env, idx],
+                     self.next_obs[env, idx], self.terminated[env, idx])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this memory (for checkpoints)."""
+        return {"kind": "whole", "obs": self.obs, "next_obs": self.next_obs,
+                "actions": self.actions, "rewards": self.rewards,
+                "terminated": self.terminated, "count": self.count,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned."""
+        for key in ("obs", "next_obs", "actions", "rewards", "terminated", "count"):
+            getattr(self, key)[...] = state[key]
+        self.rng.bit_generator.state = state["rng"]
+
+
+class FrameReplayBuffer:
+    """Stacked-frame transitions with each frame stored once (Dopamine's layout).
+
+    Each env stream writes its own ring of slots. An episode of T steps takes T + 4 slots:
+    the 3 older frames of its first stack, one slot per step (the newest frame of that
+    step's observation, with its action, reward and terminated flag), and one slot for the
+    newest frame of the final observation. A sampled stack is the `stack` slots ending at
+    a step slot; its next stack ends one slot later. Within an episode the stack never
+    crosses its start (the older frames are stored), and a step is sampled only when all
+    its slots are still live: none overwritten by the write cursor, the next one written.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, ...],
+        stack: int = 4,
+        n_envs: int = 1,
+        seed: int | None = None,
+        dtype: np.dtype | type = np.uint8,
+    ) -> None:
+        self.n_envs = n_envs
+        self.stack = stack
+        self.ring = max(stack + 2, capacity // n_envs)
+        dtype = np.dtype(dtype)
+        per_slot = int(np.prod(frame_shape)) * dtype.itemsize + 4 + 4 + 1 + 1
+        check_fits(per_slot * self.ring * n_envs,
+                   f"a frame replay memory of {capacity:,} transitions")
+        shape = (n_envs, self.ring)
+        self.frames = np.zeros(shape + tuple(frame_shape), dtype=dtype)
+        self.actions = np.zeros(shape, dtype=np.int32)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.terminated = np.zeros(shape, dtype=np.bool_)
+        self.is_step = np.zeros(shape, dtype=np.bool_)
+        self.count = np.zeros(n_envs, dtype=np.int64)
+        self.in_episode = np.zeros(n_envs, dtype=np.bool_)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(a.nbytes for a in (self.frames, self.actions, self.rewards,
+                                      self.terminated, self.is_step))
+
+    def __len__(self) -> int:
+        return int(self._valid_mask().sum())
+
+    def _write(self, e: int, frame: np.ndarray, step: bool, action: int = 0,
+               reward: float = 0.0, terminated: bool = False) -> None:
+        i = self.count[e] % self.ring
+        self.frames[e, i] = frame
+        self.actions[e, i] = action
+        self.rewards[e, i] = reward
+        self.terminated[e, i] = terminated
+        self.is_step[e, i] = step
+        self.count[e] += 1
+
+    def add(
+        self,
+        env_ids: np.ndarray,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        episode_starts: np.ndarray | None = None,
+    ) -> None:
+        """Store transitions (obs and next_obs are stacks, oldest frame first)."""
+        for k, e in enumerate(np.asarray(env_ids)):
+            start = not self.in_episode[e] or (
+                episode_starts is not None and bool(episode_starts[k])
+            )
+            if start:
+                if self.in_episode[e] and self.count[e] > 0:
+                    # The stream restarted mid-episode (a restarted worker): the step
+                    # before has no next frame, so it must not be sampled.
+                    self.is_step[e, (self.count[e] - 1) % self.ring] = False
+                for j in range(self.stack - 1):
+                    self._write(e, obs[k][j], step=False)
+            self._write(e, obs[k][-1], step=True, action=int(actions[k]),
+                        reward=float(rewards[k]), terminated=bool(terminated[k]))
+            self.in_episode[e] = True
+            if terminated[k] or truncated[k]:
+                self._write(e, next_obs[k][-1], step=False)
+                self.in_episode[e] = False
+
+    def _valid_mask(self) -> np.ndarray:
+        """(n_envs, ring) mask of slots that can be sampled now."""
+        j = np.arange(self.ring)[None, :]
+        count = self.count[:, None]
+        # The absolute index of the slot at ring position j: the newest write there.
+        absolute = count - 1 - ((count - 1 - j) % self.ring)
+        oldest_live = np.maximum(count - self.ring, 0)
+        return (
+            self.is_step
+            & (absolute >= 0)
+            & (absolute - (self.stack - 1) >= oldest_live)  # its stack is not overwritten
+            & (absolute + 1 < count)  # its next frame is written
+        )
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform over the valid transitions."""
+        valid = np.flatnonzero(self._valid_mask())
+        if valid.size == 0:
+            raise ValueError("cannot sample an empty replay memory")
+        pick = valid[self.rng.integers(0, valid.size, size=batch_size)]
+        env, pos = np.divmod(pick, self.ring)
+        offsets = np.arange(-(self.stack - 1), 2)  # the stack and one more for next_obs
+        slots = (pos[:, None] + offsets[None, :]) % self.ring
+        window = self.frames[env[:, None], slots]  # (batch, stack + 1, *frame)
+        return Batch(
+            obs=window[:, :-1],
+            actions=self.actions[env, pos].astype(np.int64),
+            rewards=self.rewards[env, pos],
+            next_obs=window[:, 1:],
+            terminated=self.terminated[env, pos],
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this memory (for checkpoints)."""
+        return {"kind": "frames", "frames": self.frames, "actions": self.actions,
+                "rewards": self.rewards, "terminated": self.terminated,
+                "is_step": self.is_step, "count": self.count, "in_episode": self.in_episode,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict() returned."""
+        for key in ("frames", "actions", "rewards", "terminated", "is_step", "count",
+                    "in_episode"):
+            getattr(self, key)[...] = state[key]
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,111 @@
+"""Rollout workers: a vector env and a CPU copy of the network, sampling transitions.
+
+The same class runs in the learner's process (0 workers) or as a Ray actor
+(`RemoteRolloutWorker`), one CPU each. Weights arrive as a state dict (an object-store
+reference when remote: one `ray.put` per sync, shared by every worker). Vector envs
+autoreset on the next step: the step after an episode ends is a reset whose action is
+ignored, and it is never returned as a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from algos.core.envs import EnvConfig, make_vector_env
+
+
+class RolloutWorker:
+    """Samples epsilon-greedy transitions from `num_envs` envs."""
+
+    def __init__(
+        self,
+        env_cfg: EnvConfig,
+        num_envs: int,
+        network_fn: Callable[[gym.Space, gym.Space], nn.Module],
+        seed: int,
+        worker_index: int = 0,
+    ) -> None:
+        torch.set_num_threads(1)
+        self.envs = make_vector_env(env_cfg, num_envs)
+        self.num_envs = num_envs
+        self.net = network_fn(self.envs.single_observation_space, self.envs.single_action_space)
+        self.net.eval()
+        self.n_actions = int(self.envs.single_action_space.n)
+        self.rng = np.random.default_rng(seed)
+        self.env_offset = worker_index * num_envs
+        self.obs, _ = self.envs.reset(seed=seed)
+        self.episode_start = np.ones(num_envs, dtype=np.bool_)
+        self.resetting = np.zeros(num_envs, dtype=np.bool_)
+        self.ep_return = np.zeros(num_envs)
+        self.ep_length = np.zeros(num_envs, dtype=np.int64)
+
+    def set_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load the learner's weights."""
+        self.net.load_state_dict(weights)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions for a batch of observations."""
+        greedy = self.net(torch.as_tensor(obs)).argmax(1).numpy()
+        explore = self.rng.random(len(obs)) < epsilon
+        return np.where(explore, self.rng.integers(0, self.n_actions, len(obs)), greedy)
+
+    def sample(
+        self, num_steps: int, epsilon: float, weights: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        """At least `num_steps` transitions (a multiple of num_envs, resets excluded), and
+        the episodes that finished: (return, length, transitions of this batch so far)."""
+        if weights is not None:
+            self.set_weights(weights)
+        cols: dict[str, list] = {k: [] for k in (
+            "env_ids", "obs", "actions", "rewards", "next_obs", "terminated", "truncated",
+            "episode_starts")}
+        episodes: list[tuple[float, int]] = []
+        stored = 0
+        ids = np.arange(self.num_envs) + self.env_offset
+        while stored < num_steps:
+            actions = self.act(self.obs, epsilon)
+            next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            keep = ~self.resetting
+            if keep.any():
+                cols["env_ids"].append(ids[keep])
+                cols["obs"].append(self.obs[keep])
+                cols["actions"].append(actions[keep])
+                cols["rewards"].append(rewards[keep].astype(np.float32))
+                cols["next_obs"].append(next_obs[keep])
+                cols["terminated"].append(terminated[keep])
+                cols["truncated"].append(truncated[keep])
+                cols["episode_starts"].append(self.episode_start[keep])
+                stored += int(keep.sum())
+            self.ep_return[keep] += rewards[keep]
+            self.ep_length[keep] += 1
+            done = keep & (terminated | truncated)
+            for i in np.flatnonzero(done):
+                episodes.append((float(self.ep_return[i]), int(self.ep_length[i]), stored))
+            self.ep_return[done] = 0.0
+            self.ep_length[done] = 0
+            # A reset step's obs starts an episode; a kept step's obs continues one.
+            self.episode_start = self.resetting.copy()
+            self.resetting = done
+            self.obs = next_obs
+        batch = {k: np.concatenate(v) for k, v in cols.items()}
+        batch["episodes"] = episodes
+        batch["steps"] = stored
+        return batch
+
+    def close(self) -> None:
+        """Close the envs."""
+        self.envs.close()
+
+
+def remote_worker_class(num_cpus: float = 1.0):
+    """RolloutWorker as a Ray actor class (imported lazily: Ray is optional here)."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, max_restarts=3, max_task_retries=0)(RolloutWorker)

@@ -1,0 +1,415 @@
+"""DQN and Double DQN, course unit 3.
+
+Acting is epsilon-greedy with epsilon decaying linearly from `epsilon_start` to
+`epsilon_end` over `exploration_fraction` of training. Transitions go into a uniform
+replay memory; random minibatches train the online network on
+
+    target = r + gamma * Q_target(s', argmax_a' Q(s', a'))   (double: true)
+    target = r + gamma * max_a' Q_target(s', a')             (double: false)
+    target = r                                               (s' terminal)
+
+with a Huber or squared loss on target - Q(s, a), Adam and an optional gradient-norm
+clip; the target network is copied from the online one every `target_update_interval`
+env steps. A truncated episode still bootstraps from its true final observation.
+
+Sampling runs on rollout workers (Ray actors, `num_rollout_workers` > 0) while the learner
+trains: each worker always has one sample request in flight, the learner takes whichever
+batch is ready first (`ray.wait`), and new weights go out with one `ray.put` per sync.
+With 0 workers the learner samples in its own process, in turn with learning.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from algos.core import validation as v
+from algos.core.envs import EnvConfig, make_env, make_vector_env
+from algos.core.networks import build_network, is_image, resolve_device
+from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
+from algos.core.reporting import NullReporter, Reporter
+from algos.core.rollout import RolloutWorker, remote_worker_class
+from algos.core.schedules import linear_epsilon
+from algos.core.timing import Stopwatch
+
+
+@dataclass
+class DQNConfig:
+    """Hyperparameters of DQN (defaults: the course's unit 3 Atari settings)."""
+
+    name: str = "dqn"
+    """The implementation, as registered in algos.registry."""
+    double: bool = False
+    """Double DQN: the online network selects the next action, the target evaluates it."""
+    total_steps: int = 1_000_000
+    """Env steps (agent steps) to train for."""
+    buffer_size: int = 100_000
+    """Replay memory capacity, in transitions."""
+    lr: float = 1e-4
+    """Adam's learning rate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    learning_starts: int = 100_000
+    """Env steps sampled before learning starts."""
+    train_freq: int = 4
+    """Env steps between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase."""
+    target_update_interval: int = 1_000
+    """Env steps between copies of the online network into the target network."""
+    exploration_fraction: float = 0.1
+    """Fraction of total_steps over which epsilon decays linearly."""
+    epsilon_start: float = 1.0
+    """Exploration rate at the start."""
+    epsilon_end: float = 0.01
+    """Exploration rate after the decay."""
+    loss: str = "huber"
+    """huber or mse."""
+    max_grad_norm: float | None = 10.0
+    """Clip the gradient norm to this (null: no clip)."""
+    clip_rewards: bool = False
+    """Learn from sign(reward) (the Atari papers' clipping); returns stay unclipped."""
+    network: str = "auto"
+    """auto (cnn for frame stacks, else mlp), mlp or cnn."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    """The MLP's hidden layers."""
+    frame_memory: bool = True
+    """Store Atari frames once in the replay memory (7 GB per 1M transitions, not 28-56)."""
+    num_rollout_workers: int = 0
+    """Ray actors sampling beside the learner (0: sample in the learner process)."""
+    envs_per_worker: int = 1
+    """Vector envs per rollout worker (or in the learner with 0 workers)."""
+    device: str = "auto"
+    """Learner device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
+    eval_episodes: int = 10
+    """Greedy evaluation episodes."""
+    eval_every: int = 10_000
+    """Env steps between evaluations (and reports)."""
+    eval_seed: int = 1_000_000
+    """Reset seed of the first evaluation episode (then +1 per episode)."""
+    eval_epsilon: float = 0.0
+    """Exploration during evaluation (Atari papers use 0.05)."""
+    checkpoint_replay: bool = False
+    """Include the replay memory in checkpoints (large for Atari)."""
+
+    def __post_init__(self) -> None:
+        v.positive(self, "total_steps", "buffer_size", "lr", "batch_size", "train_freq",
+                   "gradient_steps", "target_update_interval", "envs_per_worker",
+                   "eval_episodes", "eval_every")
+        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        v.at_least(self, "learning_starts", 0)
+        v.at_least(self, "num_rollout_workers", 0)
+        for key in ("exploration_fraction", "epsilon_start", "epsilon_end", "eval_epsilon"):
+            v.in_range(self, key, 0.0, 1.0)
+        v.one_of(self, "loss", ("huber", "mse"))
+        v.one_of(self, "network", ("auto", "mlp", "cnn"))
+        if self.max_grad_norm is not None:
+            v.positive(self, "max_grad_norm")
+        if self.batch_size > self.buffer_size:
+            raise v.ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
+        if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class DQNResult:
+    """What a finished run leaves: the online network and its last metrics."""
+
+    network: nn.Module
+    metrics: dict[str, float] = field(default_factory=dict)
+    example_obs: np.ndarray | None = None
+    """A batch of one observation: what the network takes (for model signatures)."""
+
+
+def check_spaces(env) -> None:
+    """DQN needs discrete actions and Box observations."""
+    import gymnasium as gym
+
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise ValueError(f"DQN needs discrete actions; the env has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        raise ValueError(f"DQN needs Box observations; the env has {env.observation_space}")
+
+
+def td_targets(
+    online: nn.Module, target: nn.Module, batch: Mapping[str, torch.Tensor], gamma: float,
+    double: bool,
+) -> torch.Tensor:
+    """The Bellman targets of a batch: r, plus gamma times the next value where the
+    episode did not terminate. One branch differs between DQN and Double DQN."""
+    with torch.no_grad():
+        next_q = target(batch["next_obs"])
+        if double:
+            next_actions = online(batch["next_obs"]).argmax(1, keepdim=True)
+            next_value = next_q.gather(1, next_actions).squeeze(1)
+        else:
+            next_value = next_q.max(1).values
+        not_done = 1.0 - batch["terminated"].float()
+        return batch["rewards"] + gamma * not_done * next_value
+
+
+def dqn_loss(
+    online: nn.Module, target: nn.Module, batch: Mapping[str, torch.Tensor], gamma: float,
+    double: bool, loss: str = "huber",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, Q(s, a)) of a batch."""
+    q = online(batch["obs"]).gather(1, batch["actions"].long().unsqueeze(1)).squeeze(1)
+    y = td_targets(online, target, batch, gamma, double)
+    error = F.smooth_l1_loss(q, y) if loss == "huber" else F.mse_loss(q, y)
+    return error, q
+
+
+def network_factory(cfg: DQNConfig):
+    """A function (obs space, action space) -> Q-network, picklable for the workers."""
+    return _NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
+
+
+@dataclass(frozen=True)
+class _NetworkFactory:
+    kind: str
+    hidden_sizes: tuple[int, ...]
+
+    def __call__(self, obs_space, action_space) -> nn.Module:
+        return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
+
+
+def _to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torch.Tensor]:
+    rewards = np.sign(batch.rewards) if clip else batch.rewards
+    return {
+        "obs": torch.as_tensor(batch.obs, device=device),
+        "actions": torch.as_tensor(batch.actions, device=device),
+        "rewards": torch.as_tensor(rewards, device=device, dtype=torch.float32),
+        "next_obs": torch.as_tensor(batch.next_obs, device=device),
+        "terminated": torch.as_tensor(batch.terminated, device=device),
+    }
+
+
+def cpu_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights, for the workers."""
+    return {k: t.detach().to("cpu", copy=True) for k, t in net.state_dict().items()}
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, device: torch.device,
+    epsilon: float = 0.0,
+) -> tuple[float, float, list[float]]:
+    """Greedy play, one episode per env of a vector env, seeds seed..seed+episodes-1:
+    (mean, std, returns)."""
+    envs = make_vector_env(env_cfg, episodes)
+    rng = np.random.default_rng(seed)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    done = np.zeros(episodes, dtype=np.bool_)
+    net.eval()
+    while not done.all():
+        actions = net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+        if epsilon > 0:
+            explore = rng.random(episodes) < epsilon
+            actions = np.where(explore, rng.integers(0, envs.single_action_space.n,
+                                                     episodes), actions)
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
+        returns += np.where(done, 0.0, rewards)
+        done |= terminated | truncated
+    envs.close()
+    net.train()
+    return float(returns.mean()), float(returns.std()), returns.tolist()
+
+
+def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int):
+    """The replay memory suited to the observations."""
+    if cfg.frame_memory and is_image(obs_space):
+        return FrameReplayBuffer(cfg.buffer_size, obs_space.shape[1:],
+                                 stack=obs_space.shape[0], n_envs=n_envs, seed=seed)
+    return ReplayBuffer(cfg.buffer_size, obs_space.shape, obs_space.dtype, n_envs=n_envs,
+                        seed=seed)
+
+
+class _Sampler:
+    """Sampling with 0 workers (in this process) or N Ray actors (overlapped)."""
+
+    def __init__(self, cfg: DQNConfig, env_cfg: EnvConfig, seed: int) -> None:
+        self.remote = cfg.num_rollout_workers > 0
+        factory = network_factory(cfg)
+        if not self.remote:
+            self.local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed)
+            self.obs_space = self.local.envs.single_observation_space
+            self.action_space = self.local.envs.single_action_space
+            return
+        import ray
+
+        from algos.core.placement import worker_options
+
+        actor = remote_worker_class()
+        self.workers = [
+            actor.options(**worker_options(i)).remote(
+                env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1), i)
+            for i in range(cfg.num_rollout_workers)
+        ]
+        probe = make_env(env_cfg)
+        self.obs_space, self.action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.ray = ray
+        self.in_flight: dict[Any, int] = {}
+
+    def start(self, steps: int, epsilon: float, weights) -> None:
+        """Put one request in flight per worker (remote only)."""
+        ref = self.ray.put(weights)
+        for i, w in enumerate(self.workers):
+            self.in_flight[w.sample.remote(steps, epsilon, ref)] = i
+
+    def next_batch(self, steps: int, epsilon: float, weights_ref) -> dict[str, Any]:
+        """The next batch: sampled here, or the first ready remote one (whose worker then
+        gets its next request at once, with the newest weights reference if any)."""
+        if not self.remote:
+            return self.local.sample(steps, epsilon)
+        ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
+        i = self.in_flight.pop(ready[0])
+        batch = self.ray.get(ready[0])
+        self.in_flight[self.workers[i].sample.remote(steps, epsilon, weights_ref)] = i
+        return batch
+
+    def close(self) -> None:
+        """Stop the workers."""
+        if self.remote:
+            for w in self.workers:
+                self.ray.kill(w)
+        else:
+            self.local.close()
+
+
+def train(
+    cfg: DQNConfig,
+    env_cfg: EnvConfig,
+    seed: int,
+    reporter: Reporter | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> DQNResult:
+    """Train a Q-network; continue from a checkpoint `state` when one is given."""
+    reporter = reporter or NullReporter()
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    sampler = _Sampler(cfg, env_cfg, seed)
+    factory = network_factory(cfg)
+    online = factory(sampler.obs_space, sampler.action_space).to(device)
+    target = copy.deepcopy(online)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)
+    n_envs = max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
+    buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed)
+    env_steps = updates = last_sync = 0
+    next_eval = cfg.eval_every
+    if state is not None:
+        online.load_state_dict(state["online"])
+        target.load_state_dict(state["target"])
+        optimizer.load_state_dict(state["optimizer"])
+        env_steps, updates, last_sync = state["env_steps"], state["updates"], state["last_sync"]
+        next_eval = state["next_eval"]
+        if state.get("replay") is not None:
+            buffer.load_state_dict(state["replay"])
+    decay_steps = int(cfg.exploration_fraction * cfg.total_steps)
+    step_chunk = max(cfg.train_freq, n_envs)
+    if cfg.num_rollout_workers:
+        step_chunk = max(step_chunk // cfg.num_rollout_workers, cfg.envs_per_worker)
+    updates_per_step = cfg.gradient_steps / cfg.train_freq
+    owed = 0.0
+    returns: list[tuple[int, float]] = []
+    losses: list[float] = []
+    q_means: list[float] = []
+    watch = Stopwatch()
+    steps_since, updates_since = 0, 0
+    metrics: dict[str, float] = {}
+    weights_ref = None
+    if sampler.remote:
+        sampler.start(step_chunk, linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end,
+                                                 decay_steps), cpu_weights(online))
+    local_weights_stale = True
+    try:
+        while env_steps < cfg.total_steps:
+            epsilon = linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
+            if not sampler.remote and local_weights_stale:
+                sampler.local.set_weights(cpu_weights(online))
+                local_weights_stale = False
+            batch = sampler.next_batch(step_chunk, epsilon, weights_ref)
+            buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
+                       batch["next_obs"], batch["terminated"], batch["truncated"],
+                       batch["episode_starts"])
+            for ret, _length, at in batch["episodes"]:
+                returns.append((env_steps + at, ret))
+            env_steps += batch["steps"]
+            steps_since += batch["steps"]
+            if env_steps >= cfg.learning_starts and len(buffer) >= cfg.batch_size:
+                owed += batch["steps"] * updates_per_step
+                n_updates = int(owed)
+                owed -= n_updates
+                for _ in range(n_updates):
+                    tensors = _to_tensors(buffer.sample(cfg.batch_size), device,
+                                          cfg.clip_rewards)
+                    loss, q = dqn_loss(online, target, tensors, cfg.gamma, cfg.double,
+                                       cfg.loss)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+                    q_means.append(float(q.detach().mean()))
+                updates += n_updates
+                updates_since += n_updates
+                if n_updates:
+                    local_weights_stale = True
+                    if sampler.remote:
+                        weights_ref = sampler.ray.put(cpu_weights(online))
+                if env_steps - last_sync >= cfg.target_update_interval:
+                    target.load_state_dict(online.state_dict())
+                    last_sync = env_steps
+            final = env_steps >= cfg.total_steps
+            if env_steps >= next_eval or final:
+                seconds = watch.lap()
+                mean, std, _ = evaluate(online, env_cfg, cfg.eval_episodes, cfg.eval_seed,
+                                        device, cfg.eval_epsilon)
+                metrics = {
+                    "train/epsilon": epsilon,
+                    "eval/mean_return": mean,
+                    "eval/std_return": std,
+                    "eval/score": mean - std,
+                    "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
+                    "perf/updates_per_s": updates_since / seconds if seconds else 0.0,
+                    "train/updates": float(updates),
+                }
+                if losses:
+                    metrics["loss/td"] = float(np.mean(losses))
+                    metrics["train/q_mean"] = float(np.mean(q_means))
+                if returns:
+                    metrics["train/episode_return_mean"] = float(
+                        np.mean([r for _, r in returns]))
+                checkpoint = {
+                    "online": cpu_weights(online),
+                    "target": cpu_weights(target),
+                    "optimizer": optimizer.state_dict(),
+                    "env_steps": env_steps, "updates": updates, "last_sync": last_sync,
+                    "next_eval": next_eval + cfg.eval_every,
+                    "replay": buffer.state_dict() if cfg.checkpoint_replay else None,
+                }
+                reporter.report(env_steps, metrics, history={"train/episode_return": returns},
+                                state=checkpoint, final=final)
+                while next_eval <= env_steps:
+                    next_eval += cfg.eval_every
+                returns, losses, q_means = [], [], []
+                steps_since = updates_since = 0
+                watch.lap()
+    finally:
+        sampler.close()
+    if not math.isfinite(metrics.get("eval/mean_return", 0.0)):
+        raise FloatingPointError("the evaluation return is not finite")
+    example = np.asarray(sampler.obs_space.sample())[None]
+    return DQNResult(network=online.cpu(), metrics=metrics, example_obs=example)

@@ -1,0 +1,137 @@
+"""Replay memories: the frame-deduplicating one samples exactly what whole stacks would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from algos.core.replay import FrameReplayBuffer, ReplayBuffer
+
+FRAME = (3, 2)  # tiny frames: the layout, not the size, is under test
+STACK = 4
+
+
+def make_stream(n_envs: int, steps: int, seed: int):
+    """Random episodes per env, stacked like FrameStackObservation (reset padding), with
+    terminations and truncations; reward = a unique transition id."""
+    rng = np.random.default_rng(seed)
+    next_id = 0
+    stacks = {}
+    stream = []
+    for _ in range(steps):
+        for e in range(n_envs):
+            start = e not in stacks
+            if start:
+                first = rng.integers(0, 255, size=FRAME, dtype=np.uint8)
+                stacks[e] = np.stack([first] * STACK)
+            obs = stacks[e]
+            frame = rng.integers(0, 255, size=FRAME, dtype=np.uint8)
+            next_obs = np.concatenate([obs[1:], frame[None]])
+            u = rng.random()
+            terminated, truncated = u < 0.04, 0.04 <= u < 0.07
+            stream.append((e, obs, int(rng.integers(0, 6)), float(next_id), next_obs,
+                           terminated, truncated, start))
+            next_id += 1
+            if terminated or truncated:
+                del stacks[e]
+            else:
+                stacks[e] = next_obs
+    return stream
+
+
+def feed(buffer, stream, chunk: int = 7):
+    for i in range(0, len(stream), chunk):
+        rows = stream[i:i + chunk]
+        cols = list(zip(*rows, strict=True))
+        buffer.add(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]),
+                   np.array(cols[3], dtype=np.float32), np.array(cols[4]),
+                   np.array(cols[5]), np.array(cols[6]), np.array(cols[7]))
+
+
+@pytest.mark.parametrize("n_envs,capacity", [(1, 60), (3, 90), (2, 1000)])
+def test_frame_memory_samples_what_whole_stacks_would(n_envs, capacity):
+    stream = make_stream(n_envs, steps=400, seed=n_envs)
+    by_id = {int(t[3]): t for t in stream}
+    frames = FrameReplayBuffer(capacity, FRAME, stack=STACK, n_envs=n_envs, seed=0)
+    feed(frames, stream)
+    batch = frames.sample(2000)
+    for k in range(2000):
+        e, obs, action, reward, next_obs, terminated, truncated, _ = by_id[int(batch.rewards[k])]
+        assert np.array_equal(batch.obs[k], obs)
+        assert np.array_equal(batch.next_obs[k], next_obs)  # the true final obs included
+        assert batch.actions[k] == action and bool(batch.terminated[k]) == terminated
+    # Coverage: every transition still fully in memory can be sampled, and nothing else.
+    sampled = {int(r) for r in frames.sample(50_000).rewards}
+    live = set()
+    for e in range(n_envs):
+        ids = [int(t[3]) for t in stream if t[0] == e]
+        # Walk the env's slots back from the newest, as the memory laid them out.
+        slots = []
+        for t in (t for t in stream if t[0] == e):
+            if t[7]:
+                slots += [None] * (STACK - 1)
+            slots.append(int(t[3]))
+            if t[5] or t[6]:
+                slots.append(None)
+        ring = frames.ring
+        kept = slots[-ring:]
+        for pos, tid in enumerate(kept):
+            if tid is not None and pos >= STACK - 1 and pos + 1 < len(kept):
+                live.add(tid)
+        assert set(ids) >= {t for t in live if by_id[t][0] == e}
+    assert sampled == live
+
+
+def test_wraparound_never_mixes_old_and_new_frames():
+    stream = make_stream(1, steps=1000, seed=9)
+    by_id = {int(t[3]): t for t in stream}
+    frames = FrameReplayBuffer(37, FRAME, stack=STACK, n_envs=1, seed=1)
+    feed(frames, stream, chunk=1)
+    batch = frames.sample(5000)
+    for k in range(5000):
+        _, obs, _, _, next_obs, *_ = by_id[int(batch.rewards[k])]
+        assert np.array_equal(batch.obs[k], obs) and np.array_equal(batch.next_obs[k], next_obs)
+
+
+def test_a_restarted_stream_does_not_sample_its_broken_step():
+    frames = FrameReplayBuffer(100, FRAME, stack=STACK, n_envs=1, seed=0)
+    stream = make_stream(1, steps=30, seed=3)
+    stream = [t for t in stream][:10]
+    # Cut the stream mid-episode and start a new episode (a worker restarted).
+    fresh = make_stream(1, steps=5, seed=4)
+    fresh = [(0, o, a, r + 1000, n, te, tr, True if i == 0 else s)
+             for i, (_, o, a, r, n, te, tr, s) in enumerate(fresh)]
+    feed(frames, stream + fresh, chunk=1)
+    by_id = {int(t[3]): t for t in stream + fresh}
+    cut = int(stream[-1][3])
+    batch = frames.sample(3000)
+    assert cut not in set(batch.rewards.astype(int).tolist())
+    for k in range(3000):
+        _, obs, _, _, next_obs, *_ = by_id[int(batch.rewards[k])]
+        assert np.array_equal(batch.obs[k], obs) and np.array_equal(batch.next_obs[k], next_obs)
+
+
+def test_whole_transition_memory_round_trips_and_wraps():
+    buffer = ReplayBuffer(10, (2,), np.float32, n_envs=2, seed=0)
+    for t in range(30):
+        buffer.add(np.array([t % 2]), np.full((1, 2), t, np.float32), np.array([t % 3]),
+                   np.array([float(t)]), np.full((1, 2), t + 0.5, np.float32),
+                   np.array([t % 5 == 0]), np.array([False]))
+    assert len(buffer) == 10
+    batch = buffer.sample(500)
+    assert set(batch.rewards.astype(int).tolist()) == set(range(20, 30))
+    assert np.all(batch.obs[:, 0] == batch.rewards) and np.all(batch.next_obs[:, 0] ==
+                                                               batch.rewards + 0.5)
+    assert np.all(batch.terminated == (batch.rewards.astype(int) % 5 == 0))
+
+
+def test_a_memory_that_does_not_fit_says_so_before_allocating():
+    with pytest.raises(MemoryError, match="algo.buffer_size"):
+        FrameReplayBuffer(10**12, (84, 84))
+
+
+def test_frame_memory_stores_one_frame_per_slot():
+    frames = FrameReplayBuffer(1000, (84, 84), n_envs=2)
+    whole = ReplayBuffer(1000, (4, 84, 84), np.uint8, n_envs=2)
+    assert frames.nbytes / 1000 == pytest.approx(84 * 84 + 10)
+    assert whole.nbytes / frames.nbytes > 7.9  # two stacks of 4 frames per transition
