@@ -271,7 +271,8 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
     except KeyboardInterrupt:
         if parent:
             parent.finish("KILLED")
-        print(f"Interrupted. Resume with: python -m pipelines.sweep resume={ctx.name}")
+        entry = "train" if ctx.settings.get("kind") == "train" else "sweep"
+        print(f"Interrupted. Resume with: python -m pipelines.{entry} resume={ctx.name}")
         return EXIT_INTERRUPTED
     except BaseException:
         if parent:
@@ -297,8 +298,9 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
                 set_run_status(ctx.tracking_uri, run.info.run_id, "KILLED", only_if_running=False)
         if parent:
             parent.finish("KILLED")
+        entry = "train" if ctx.settings.get("kind") == "train" else "sweep"
         print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
-              f"Resume with: python -m pipelines.sweep resume={ctx.name}")
+              f"Resume with: python -m pipelines.{entry} resume={ctx.name}")
         return EXIT_INTERRUPTED
     fit_seconds = time.perf_counter() - started
     if parent:

@@ -32,18 +32,24 @@ def _body(args: list[str]) -> int:
     from pipelines.space import plan_sweep
 
     parsed = parse_overrides(args)
-    resume = [o for o in parsed if o.key_or_group == "resume"]
-    if resume:
-        others = [o.input_line for o in parsed
-                  if o.key_or_group != "resume" and not o.key_or_group.startswith("cluster")]
-        if others:
-            raise UserError(
-                f"{others[0]}: a resumed sweep keeps its own settings; only cluster.* "
-                "may be given with resume="
-            )
-        composed = compose_config([o.input_line for o in parsed])
-        return runner.resume(composed.cfg.resume, composed.cfg.cluster)
+    if any(o.key_or_group == "resume" for o in parsed):
+        return resume_from(parsed)
     return runner.launch(plan_sweep(args), kind="sweep")
+
+
+def resume_from(parsed) -> int:
+    """Resume the Tune run named by `resume=`; only cluster.* may come with it."""
+    from pipelines import runner
+
+    others = [o.input_line for o in parsed
+              if o.key_or_group != "resume" and not o.key_or_group.startswith("cluster")]
+    if others:
+        raise UserError(
+            f"{others[0]}: a resumed run keeps its own settings; only cluster.* "
+            "may be given with resume="
+        )
+    composed = compose_config([o.input_line for o in parsed])
+    return runner.resume(composed.cfg.resume, composed.cfg.cluster)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ EXAMPLES = [
     "experiment=taxi_course",
     "algo=q_learning env=frozenlake_slippery algo.episodes=20000 seed=3",
     "experiment=taxi_course tracking.uri=http://127.0.0.1:5000",
+    "experiment=cartpole_dqn algo.num_rollout_workers=1",
+    "resume=train-pong_dqn-20261128-120000",
 ]
 
 
@@ -19,13 +21,18 @@ def _body(args: list[str]) -> int:
     from pipelines import runner
     from pipelines.space import plan_sweep
 
-    for o in parse_overrides(args):
+    parsed = parse_overrides(args)
+    for o in parsed:
         if o.is_sweep_override():
             raise UserError(
                 f"{o.input_line}: a sweep expression; run sweeps with python -m pipelines.sweep"
             )
-        if o.key_or_group == "resume" or o.key_or_group.startswith("sweep"):
+        if o.key_or_group.startswith("sweep"):
             raise UserError(f"{o.input_line}: sweep settings belong to python -m pipelines.sweep")
+    if any(o.key_or_group == "resume" for o in parsed):
+        from pipelines.sweep import resume_from
+
+        return resume_from(parsed)
     return runner.launch(plan_sweep(args, sweep_params=False), kind="train")
 
 

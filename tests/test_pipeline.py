@@ -243,3 +243,23 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
         returns = client.get_metric_history(child.info.run_id, "train/episode_return")
         assert len(returns) == 10 * 200 and len({m.step for m in returns}) == 2000
         assert child.data.metrics["eval/score"] >= 4.5
+
+
+def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
+    args = ["experiment=cartpole_dqn", "algo=dqn,ddqn", "seed=0,1", "algo.total_steps=3000",
+            "algo.learning_starts=500", "algo.eval_every=1500", "algo.eval_episodes=2",
+            "cluster.num_cpus=2", "sweep.name=dqn-ddqn"]
+    result = run_cli("pipelines.sweep", args, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 4
+    combos = {(c.data.tags["algo"], c.data.params["algo.double"], c.data.params["seed"])
+              for c in children}
+    assert combos == {("dqn", "False", "0"), ("dqn", "False", "1"),
+                      ("ddqn", "True", "0"), ("ddqn", "True", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["algo.name"] == "dqn"
+        assert child.data.params["env.id"] == "CartPole-v1"
+        assert len(client.get_metric_history(child.info.run_id, "eval/score")) == 2

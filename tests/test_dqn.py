@@ -1,0 +1,70 @@
+"""DQN and Double DQN: the TD target by hand, and learning CartPole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from algos.core.reporting import MemoryReporter
+from algos.dqn import dqn_loss, td_targets, train
+from pipelines.config import compose_config
+
+
+def linear(weights: list[float]) -> nn.Module:
+    """Q(s) = [w0 * s, w1 * s]: a fixed network over a 1-d state."""
+    net = nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor(weights).unsqueeze(1))
+    return net
+
+
+# online: Q(s') = [s', 2 s'];  target: Q_target(s') = [3 s', s']
+ONLINE, TARGET = linear([1.0, 2.0]), linear([3.0, 1.0])
+BATCH = {
+    "obs": torch.tensor([[0.5], [1.0], [2.0]]),
+    "actions": torch.tensor([0, 1, 1]),
+    "rewards": torch.tensor([1.0, 0.5, 2.0]),
+    "next_obs": torch.tensor([[1.0], [-1.0], [4.0]]),
+    "terminated": torch.tensor([False, False, True]),
+}
+
+
+def test_dqn_target_is_the_target_networks_max():
+    # s'=1: max(3, 1) = 3 -> 1 + 0.9 * 3 = 3.7; s'=-1: max(-3, -1) = -1 -> 0.5 - 0.9 = -0.4;
+    # the third transition terminated: its target is its reward, 2.
+    y = td_targets(ONLINE, TARGET, BATCH, gamma=0.9, double=False)
+    assert y.tolist() == pytest.approx([3.7, -0.4, 2.0])
+
+
+def test_double_dqn_target_evaluates_the_online_networks_choice():
+    # s'=1: online picks action 1 (2 > 1), target values it 1 -> 1 + 0.9 * 1 = 1.9;
+    # s'=-1: online picks action 0 (-1 > -2), target values it -3 -> 0.5 - 2.7 = -2.2.
+    y = td_targets(ONLINE, TARGET, BATCH, gamma=0.9, double=True)
+    assert y.tolist() == pytest.approx([1.9, -2.2, 2.0])
+
+
+def test_the_loss_compares_the_target_with_q_of_the_action_taken():
+    # Q(s, a): 0.5 * 1 (a=0), 2 * 1.0 (a=1), 2 * 2.0 (a=1) -> [0.5, 2.0, 4.0]
+    loss, q = dqn_loss(ONLINE, TARGET, BATCH, gamma=0.9, double=False, loss="mse")
+    assert q.tolist() == pytest.approx([0.5, 2.0, 4.0])
+    expected = ((3.7 - 0.5) ** 2 + (-0.4 - 2.0) ** 2 + (2.0 - 4.0) ** 2) / 3
+    assert float(loss) == pytest.approx(expected)
+
+
+def best_eval(reporter: MemoryReporter) -> float:
+    return max(r["eval/mean_return"] for r in reporter.reports)
+
+
+def test_dqn_learns_cartpole_sampling_in_the_learner():
+    cfg = compose_config(["experiment=cartpole_dqn"]).cfg
+    reporter = MemoryReporter()
+    train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+    assert best_eval(reporter) >= 475, [r["eval/mean_return"] for r in reporter.reports]
+
+
+def test_dqn_learns_cartpole_with_a_rollout_worker(local_ray):
+    cfg = compose_config(["experiment=cartpole_dqn", "algo.num_rollout_workers=1"]).cfg
+    reporter = MemoryReporter()
+    train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+    assert best_eval(reporter) >= 475, [r["eval/mean_return"] for r in reporter.reports]
