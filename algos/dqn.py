@@ -303,7 +303,8 @@ def train(
     factory = network_factory(cfg)
     online = factory(sampler.obs_space, sampler.action_space).to(device)
     target = copy.deepcopy(online)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr)
+    # foreach: one kernel per step for all parameters (PyTorch only defaults to it on CUDA)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, foreach=True)
     n_envs = max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
     buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed)
     env_steps = updates = last_sync = 0

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from algos import dqn, q_learning
+from algos import dqn, q_learning, reinforce
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ ALGORITHMS: dict[str, Algorithm] = {
         train=dqn.train,
         budget_key="total_steps",
         check_env=dqn.check_spaces,
+    ),
+    "reinforce": Algorithm(
+        name="reinforce",
+        config_class=reinforce.ReinforceConfig,
+        train=reinforce.train,
+        budget_key="episodes",
+        check_env=reinforce.check_spaces,
     ),
 }
 

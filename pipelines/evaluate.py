@@ -45,9 +45,11 @@ def _body(args: list[str]) -> int:
         raise UserError(
             f"evaluate.run_id={cfg.evaluate.run_id}: no such run in {uri}"
         ) from None
-    if "model" not in {a.path for a in client.list_artifacts(run.info.run_id)}:
-        raise UserError(f"evaluate.run_id={cfg.evaluate.run_id}: the run logged no model")
-    result = play(uri, run.info.run_id, cfg.evaluate.episodes)
+    try:
+        result = play(uri, run.info.run_id, cfg.evaluate.episodes)
+    except (FileNotFoundError, OSError, MlflowException):
+        raise UserError(f"evaluate.run_id={cfg.evaluate.run_id}: the run logged no model "
+                        "(did it finish?)") from None
     if cfg.evaluate.record:
         from pipelines.tracking import RunLogger
 

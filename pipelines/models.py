@@ -29,7 +29,7 @@ def log_model(logger: RunLogger, algo_name: str, result: Any, composed: Composed
             }))
             logger.log_artifact(folder, "model")
         return
-    if algo_name == "dqn":
+    if algo_name in ("dqn", "reinforce"):
         import mlflow.pytorch
 
         # The trial's run is made active only for log_model, the one fluent call.
@@ -63,19 +63,55 @@ def run_config(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def play(tracking_uri: str, run_id: str, episodes: int | None = None) -> dict[str, Any]:
     """Evaluate a run's logged model greedily, with the run's own evaluation settings
-    (or `episodes` seeds 0..episodes-1): mean, std and score (mean - std)."""
+    (or `episodes` episodes): mean, std and score (mean - std)."""
     from algos.core.envs import EnvConfig, make_env
 
     config = run_config(tracking_uri, run_id)
     algo, env_cfg = config["algo"], EnvConfig(**config["env"])
-    if algo["name"] != "q_learning":
-        raise NotImplementedError(f"no player for algo {algo['name']}")
-    from algos.q_learning import QLearningConfig, evaluate
+    if algo["name"] == "q_learning":
+        from algos.q_learning import QLearningConfig, evaluate
 
-    cfg = QLearningConfig(**algo)
-    seeds = list(range(episodes)) if episodes else cfg.evaluation_seeds()
-    env = make_env(env_cfg)
-    mean, std, returns = evaluate(load_q_table(tracking_uri, run_id), env, seeds, cfg.max_steps)
-    env.close()
+        cfg = QLearningConfig(**algo)
+        seeds = list(range(episodes)) if episodes else cfg.evaluation_seeds()
+        env = make_env(env_cfg)
+        mean, std, returns = evaluate(load_q_table(tracking_uri, run_id), env, seeds,
+                                      cfg.max_steps)
+        env.close()
+    elif algo["name"] == "dqn":
+        import torch
+
+        from algos.dqn import DQNConfig, evaluate
+
+        cfg = DQNConfig(**algo)
+        net = load_network(tracking_uri, run_id)
+        mean, std, returns = evaluate(net, env_cfg, episodes or cfg.eval_episodes,
+                                      cfg.eval_seed, torch.device("cpu"), cfg.eval_epsilon)
+    elif algo["name"] == "reinforce":
+        import torch
+
+        from algos.reinforce import ReinforceConfig, evaluate
+
+        cfg = ReinforceConfig(**algo)
+        net = load_network(tracking_uri, run_id)
+        mean, std, returns = evaluate(net, env_cfg, episodes or cfg.eval_episodes,
+                                      cfg.eval_seed, cfg.eval_greedy, cfg.max_steps,
+                                      torch.device("cpu"))
+    else:
+        raise NotImplementedError(f"no player for algo {algo['name']}")
     return {"episodes": len(returns), "mean_return": mean, "std_return": std,
             "score": mean - std}
+
+
+def load_network(tracking_uri: str, run_id: str):
+    """The PyTorch model (a LoggedModel) that a run logged, on the CPU."""
+    import mlflow
+    import mlflow.pytorch
+
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    if not models:
+        raise FileNotFoundError(f"run {run_id} logged no model")
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pytorch.load_model(f"models:/{models[0].model_id}", map_location="cpu")

@@ -263,3 +263,10 @@ def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
         assert child.data.params["algo.name"] == "dqn"
         assert child.data.params["env.id"] == "CartPole-v1"
         assert len(client.get_metric_history(child.info.run_id, "eval/score")) == 2
+    # The logged network plays again and scores what the run's last evaluation scored.
+    child = children[0]
+    played = run_cli("pipelines.evaluate", [f"evaluate.run_id={child.info.run_id}"], workdir)
+    assert played.returncode == 0, played.stderr[-3000:]
+    figures = json.loads(played.last_line)
+    assert figures["episodes"] == 2
+    assert figures["mean_return"] == child.data.metrics["eval/mean_return"]

@@ -38,6 +38,7 @@ class RolloutWorker:
         self.net.eval()
         self.n_actions = int(self.envs.single_action_space.n)
         self.rng = np.random.default_rng(seed)
+        self.torch_rng = torch.Generator().manual_seed(seed)
         self.env_offset = worker_index * num_envs
         self.obs, _ = self.envs.reset(seed=seed)
         self.episode_start = np.ones(num_envs, dtype=np.bool_)
@@ -49,12 +50,16 @@ class RolloutWorker:
         """Load the learner's weights."""
         self.net.load_state_dict(weights)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
-        """Epsilon-greedy actions for a batch of observations."""
-        greedy = self.net(torch.as_tensor(obs)).argmax(1).numpy()
+        """Epsilon-greedy actions for a batch of observations. The network runs only on
+        the rows that act greedily (none at epsilon 1, early in training)."""
         explore = self.rng.random(len(obs)) < epsilon
-        return np.where(explore, self.rng.integers(0, self.n_actions, len(obs)), greedy)
+        actions = self.rng.integers(0, self.n_actions, len(obs))
+        greedy = ~explore
+        if greedy.any():
+            actions[greedy] = self.net(torch.as_tensor(obs[greedy])).argmax(1).numpy()
+        return actions
 
     def sample(
         self, num_steps: int, epsilon: float, weights: dict[str, torch.Tensor] | None = None
@@ -98,6 +103,49 @@ class RolloutWorker:
         batch["episodes"] = episodes
         batch["steps"] = stored
         return batch
+
+    @torch.inference_mode()
+    def sample_episodes(
+        self, n: int, max_steps: int, weights: dict[str, torch.Tensor] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """`n` full episodes played by the stochastic policy (softmax over the network's
+        outputs), as per-episode arrays obs, actions, rewards.
+
+        Episodes are played in rounds in which every env used plays exactly one episode
+        from a reset, so that short episodes are not favoured over long ones."""
+        if weights is not None:
+            self.set_weights(weights)
+        episodes: list[dict[str, np.ndarray]] = []
+        while len(episodes) < n:
+            take = min(n - len(episodes), self.num_envs)
+            obs, _ = self.envs.reset()
+            cols: list[dict[str, list]] = [{"obs": [], "actions": [], "rewards": []}
+                                           for _ in range(take)]
+            active = np.zeros(self.num_envs, dtype=np.bool_)
+            active[:take] = True
+            for _ in range(max_steps):
+                probs = torch.softmax(self.net(torch.as_tensor(obs)), dim=1)
+                actions = torch.multinomial(probs, 1, generator=self.torch_rng).squeeze(1)
+                actions = actions.numpy()
+                next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+                for i in np.flatnonzero(active):
+                    cols[i]["obs"].append(obs[i])
+                    cols[i]["actions"].append(actions[i])
+                    cols[i]["rewards"].append(float(rewards[i]))
+                active &= ~(terminated | truncated)
+                obs = next_obs
+                if not active.any():
+                    break
+            episodes += [{"obs": np.stack(c["obs"]), "actions": np.asarray(c["actions"]),
+                          "rewards": np.asarray(c["rewards"], dtype=np.float64)}
+                         for c in cols]
+        # The next sample() or sample_episodes() starts from fresh resets.
+        self.obs, _ = self.envs.reset()
+        self.episode_start[:] = True
+        self.resetting[:] = False
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        return episodes
 
     def close(self) -> None:
         """Close the envs."""

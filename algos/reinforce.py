@@ -1,0 +1,291 @@
+"""REINFORCE (Monte Carlo policy gradient), course unit 4.
+
+A stochastic policy pi(a | s) (an MLP, or the Nature CNN for frames, ending in a softmax)
+plays m full episodes; each step's discounted return-to-go
+
+    G_t = r_t + gamma * r_{t+1} + gamma^2 * r_{t+2} + ...
+
+is optionally standardized within its episode (the course does), and the policy steps
+with the estimate (1/m) * sum over episodes of sum_t G_t * grad log pi(a_t | s_t):
+gradient ascent on the expected return, written as descent on its negative, with Adam.
+An optional baseline subtracts the batch's mean return-to-go first (off by default, so the
+course's algorithm is what runs). The m episodes of an update are sampled by the rollout
+workers at once (with 0 workers, in the learner), always with the current weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from algos.core import validation as v
+from algos.core.envs import EnvConfig, make_env, make_vector_env
+from algos.core.networks import build_network, resolve_device
+from algos.core.reporting import NullReporter, Reporter
+from algos.core.rollout import RolloutWorker, remote_worker_class
+from algos.core.timing import Stopwatch
+
+
+@dataclass
+class ReinforceConfig:
+    """Hyperparameters of REINFORCE (defaults: the course's unit 4 CartPole settings)."""
+
+    name: str = "reinforce"
+    """The implementation, as registered in algos.registry."""
+    episodes: int = 1_000
+    """Training episodes."""
+    episodes_per_update: int = 1
+    """m: episodes averaged in one gradient estimate."""
+    lr: float = 1e-2
+    """Adam's learning rate."""
+    gamma: float = 1.0
+    """Discount factor."""
+    max_steps: int = 1_000
+    """Most steps in one episode (the env's own time limit applies too)."""
+    hidden_sizes: list[int] = field(default_factory=lambda: [16])
+    """The policy MLP's hidden layers (the course: one of 16)."""
+    network: str = "auto"
+    """auto (cnn for frame stacks, else mlp), mlp or cnn."""
+    standardize_returns: bool = True
+    """Standardize G_t within each episode (the course does)."""
+    baseline: bool = False
+    """Subtract the batch's mean G_t (before standardizing)."""
+    num_rollout_workers: int = 0
+    """Ray actors sampling episodes (0: sample in the learner process)."""
+    envs_per_worker: int = 1
+    """Vector envs per rollout worker (or in the learner with 0 workers)."""
+    device: str = "cpu"
+    """Learner device: cpu, cuda, cuda:N or auto (small policies are fastest on the CPU)."""
+    eval_episodes: int = 10
+    """Evaluation episodes."""
+    eval_every: int = 100
+    """Training episodes between evaluations (and reports)."""
+    eval_seed: int = 1_000_000
+    """Reset seed of the first evaluation episode (then +1 per episode)."""
+    eval_greedy: bool = False
+    """Evaluate the most probable action; false samples from the policy, as the course."""
+
+    def __post_init__(self) -> None:
+        v.positive(self, "episodes", "episodes_per_update", "lr", "max_steps",
+                   "envs_per_worker", "eval_episodes", "eval_every")
+        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        v.at_least(self, "num_rollout_workers", 0)
+        v.one_of(self, "network", ("auto", "mlp", "cnn"))
+        if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class ReinforceResult:
+    """What a finished run leaves: the policy network and its last metrics."""
+
+    network: nn.Module
+    metrics: dict[str, float] = field(default_factory=dict)
+    example_obs: np.ndarray | None = None
+
+
+def check_spaces(env) -> None:
+    """REINFORCE here needs discrete actions (a softmax policy) and Box observations."""
+    import gymnasium as gym
+
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise ValueError(f"a softmax policy needs discrete actions; the env has "
+                         f"{env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        raise ValueError(f"the policy network needs Box observations; the env has "
+                         f"{env.observation_space}")
+
+
+def returns_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
+    """G_t = r_t + gamma * G_{t+1}, computed backwards as the course does."""
+    out = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / (std + eps), eps the float32 epsilon, as the course."""
+    return (x - x.mean()) / (x.std(ddof=1) + np.finfo(np.float32).eps) if len(x) > 1 else (
+        x - x.mean())
+
+
+def episode_weights(
+    episodes: Sequence[Mapping[str, np.ndarray]], gamma: float, standardize_returns: bool,
+    baseline: bool,
+) -> list[np.ndarray]:
+    """Each episode's per-step weights G_t (after the baseline and standardization)."""
+    weights = [returns_to_go(ep["rewards"], gamma) for ep in episodes]
+    if baseline:
+        mean = float(np.concatenate(weights).mean())
+        weights = [w - mean for w in weights]
+    if standardize_returns:
+        weights = [standardize(w) for w in weights]
+    return weights
+
+
+def policy_loss(
+    policy: nn.Module, episodes: Sequence[Mapping[str, np.ndarray]], gamma: float,
+    standardize_returns: bool = True, baseline: bool = False,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mean entropy): loss = -(1/m) sum_episodes sum_t G_t log pi(a_t | s_t)."""
+    device = device or torch.device("cpu")
+    weights = episode_weights(episodes, gamma, standardize_returns, baseline)
+    obs = torch.as_tensor(np.concatenate([ep["obs"] for ep in episodes]), device=device)
+    actions = torch.as_tensor(np.concatenate([ep["actions"] for ep in episodes]),
+                              device=device).long()
+    g = torch.as_tensor(np.concatenate(weights), device=device, dtype=torch.float32)
+    dist = torch.distributions.Categorical(logits=policy(obs))
+    loss = -(dist.log_prob(actions) * g).sum() / len(episodes)
+    return loss, dist.entropy().mean()
+
+
+@dataclass(frozen=True)
+class _PolicyFactory:
+    kind: str
+    hidden_sizes: tuple[int, ...]
+
+    def __call__(self, obs_space, action_space) -> nn.Module:
+        return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
+
+
+@torch.no_grad()
+def evaluate(
+    policy: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, greedy: bool,
+    max_steps: int, device: torch.device,
+) -> tuple[float, float, list[float]]:
+    """Play `episodes` episodes, one per env of a vector env: (mean, std, returns)."""
+    envs = make_vector_env(env_cfg, episodes)
+    obs, _ = envs.reset(seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    returns = np.zeros(episodes)
+    done = np.zeros(episodes, dtype=np.bool_)
+    for _ in range(max_steps):
+        logits = policy(torch.as_tensor(obs, device=device)).cpu()
+        if greedy:
+            actions = logits.argmax(1)
+        else:
+            actions = torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
+        obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
+        returns += np.where(done, 0.0, rewards)
+        done |= terminated | truncated
+        if done.all():
+            break
+    envs.close()
+    return float(returns.mean()), float(returns.std()), returns.tolist()
+
+
+def train(
+    cfg: ReinforceConfig,
+    env_cfg: EnvConfig,
+    seed: int,
+    reporter: Reporter | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> ReinforceResult:
+    """Train a policy; continue from a checkpoint `state` when one is given."""
+    reporter = reporter or NullReporter()
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    factory = _PolicyFactory(cfg.network, tuple(cfg.hidden_sizes))
+    probe = make_env(env_cfg)
+    obs_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    policy = factory(obs_space, action_space).to(device)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    episode = env_steps = updates = 0
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
+    n_workers = cfg.num_rollout_workers
+    if n_workers:
+        import ray
+
+        from algos.core.placement import worker_options
+
+        actor = remote_worker_class()
+        workers = [actor.options(**worker_options(i)).remote(
+            env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1) + episode, i)
+            for i in range(n_workers)]
+    else:
+        local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed + episode)
+    returns: list[tuple[int, float]] = []
+    losses, entropies, sources = [], [], []
+    watch = Stopwatch()
+    steps_since = 0
+    next_eval = (episode // cfg.eval_every + 1) * cfg.eval_every
+    metrics: dict[str, float] = {}
+    try:
+        while episode < cfg.episodes:
+            m = min(cfg.episodes_per_update, cfg.episodes - episode)
+            weights = {k: t.detach().cpu() for k, t in policy.state_dict().items()}
+            if n_workers:
+                ref = ray.put(weights)
+                shares = [m // n_workers + (i < m % n_workers) for i in range(n_workers)]
+                futures = [w.sample_episodes.remote(k, cfg.max_steps, ref)
+                           for w, k in zip(workers, shares, strict=True) if k]
+                batches = ray.get(futures)
+            else:
+                batches = [local.sample_episodes(m, cfg.max_steps, weights)]
+            eps = [ep for b in batches for ep in b]
+            sources.append(len([b for b in batches if b]))
+            loss, entropy = policy_loss(policy, eps, cfg.gamma, cfg.standardize_returns,
+                                        cfg.baseline, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            updates += 1
+            losses.append(float(loss.detach()))
+            entropies.append(float(entropy.detach()))
+            for ep in eps:
+                env_steps += len(ep["rewards"])
+                steps_since += len(ep["rewards"])
+                returns.append((env_steps, float(np.sum(ep["rewards"]))))
+            episode += len(eps)
+            final = episode >= cfg.episodes
+            if episode >= next_eval or final:
+                seconds = watch.lap()
+                mean, std, _ = evaluate(policy, env_cfg, cfg.eval_episodes, cfg.eval_seed,
+                                        cfg.eval_greedy, cfg.max_steps, device)
+                metrics = {
+                    "train/episodes": float(episode),
+                    "eval/mean_return": mean,
+                    "eval/std_return": std,
+                    "eval/score": mean - std,
+                    "loss/policy": float(np.mean(losses)),
+                    "train/entropy": float(np.mean(entropies)),
+                    "train/workers_per_update": float(np.mean(sources)),
+                    "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
+                    "perf/updates_per_s": len(losses) / seconds if seconds else 0.0,
+                }
+                checkpoint = {
+                    "policy": {k: t.detach().cpu() for k, t in policy.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "episode": episode, "env_steps": env_steps, "updates": updates,
+                }
+                reporter.report(env_steps, metrics, history={"train/episode_return": returns},
+                                state=checkpoint, final=final)
+                while next_eval <= episode:
+                    next_eval += cfg.eval_every
+                returns, losses, entropies, sources = [], [], [], []
+                steps_since = 0
+                watch.lap()
+    finally:
+        if n_workers:
+            for w in workers:
+                ray.kill(w)
+        else:
+            local.close()
+    if not math.isfinite(metrics.get("eval/mean_return", 0.0)):
+        raise FloatingPointError("the evaluation return is not finite")
+    example = np.asarray(obs_space.sample())[None]
+    return ReinforceResult(network=policy.cpu(), metrics=metrics, example_obs=example)
