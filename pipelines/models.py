@@ -38,6 +38,9 @@ def log_model(logger: RunLogger, algo_name: str, result: Any, composed: Composed
             mlflow.pytorch.log_model(
                 result.network, name="model", pip_requirements=["torch"],
                 input_example=result.example_obs,
+                # pickle keeps the module as it is; MLflow 3's default (pt2) traces it
+                # with the example and fixes the batch size to the example's.
+                serialization_format="pickle",
             )
         return
     raise NotImplementedError(f"no model logging for algo {algo_name}")

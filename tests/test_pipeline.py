@@ -270,3 +270,25 @@ def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
     figures = json.loads(played.last_line)
     assert figures["episodes"] == 2
     assert figures["mean_return"] == child.data.metrics["eval/mean_return"]
+
+
+def test_a_reinforce_sweep_over_learning_rate_and_seed(workdir):
+    args = ["experiment=cartpole_reinforce", "algo.lr=0.005,0.02", "seed=0,1",
+            "algo.episodes=60", "algo.eval_every=30", "algo.eval_episodes=2",
+            "cluster.num_cpus=2", "sweep.name=pg"]
+    result = run_cli("pipelines.sweep", args, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and len(children) == 4
+    assert {(c.data.params["algo.lr"], c.data.params["seed"]) for c in children} == {
+        ("0.005", "0"), ("0.005", "1"), ("0.02", "0"), ("0.02", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for name in ("loss/policy", "train/entropy", "eval/score", "train/episode_return"):
+            assert name in child.data.metrics, name
+        assert len(client.get_metric_history(child.info.run_id, "train/episode_return")) == 60
+    played = run_cli("pipelines.evaluate", [f"evaluate.run_id={children[0].info.run_id}"],
+                     workdir)
+    assert played.returncode == 0, played.stderr[-3000:]
+    assert json.loads(played.last_line)["episodes"] == 2
