@@ -33,7 +33,7 @@ from torch import nn
 
 from algos.core import validation as v
 from algos.core.envs import EnvConfig, make_env, make_vector_env
-from algos.core.networks import build_network, is_image, resolve_device
+from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.rollout import RolloutWorker, remote_worker_class
@@ -133,12 +133,7 @@ class DQNResult:
 
 def check_spaces(env) -> None:
     """DQN needs discrete actions and Box observations."""
-    import gymnasium as gym
-
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise ValueError(f"DQN needs discrete actions; the env has {env.action_space}")
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise ValueError(f"DQN needs Box observations; the env has {env.observation_space}")
+    check_box_discrete(env, "DQN")
 
 
 def td_targets(
@@ -169,18 +164,9 @@ def dqn_loss(
     return error, q
 
 
-def network_factory(cfg: DQNConfig):
-    """A function (obs space, action space) -> Q-network, picklable for the workers."""
-    return _NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
-
-
-@dataclass(frozen=True)
-class _NetworkFactory:
-    kind: str
-    hidden_sizes: tuple[int, ...]
-
-    def __call__(self, obs_space, action_space) -> nn.Module:
-        return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
+def network_factory(cfg: DQNConfig) -> NetworkFactory:
+    """A picklable (obs space, action space) -> Q-network, for the learner and workers."""
+    return NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
 
 
 def _to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from torch import nn
 
 from algos.core import validation as v
 from algos.core.envs import EnvConfig, make_env, make_vector_env
-from algos.core.networks import build_network, resolve_device
+from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.rollout import RolloutWorker, remote_worker_class
 from algos.core.timing import Stopwatch
@@ -91,15 +91,8 @@ class ReinforceResult:
 
 
 def check_spaces(env) -> None:
-    """REINFORCE here needs discrete actions (a softmax policy) and Box observations."""
-    import gymnasium as gym
-
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        raise ValueError(f"a softmax policy needs discrete actions; the env has "
-                         f"{env.action_space}")
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise ValueError(f"the policy network needs Box observations; the env has "
-                         f"{env.observation_space}")
+    """A softmax policy needs discrete actions; the network needs Box observations."""
+    check_box_discrete(env, "a softmax policy")
 
 
 def returns_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
@@ -149,15 +142,6 @@ def policy_loss(
     return loss, dist.entropy().mean()
 
 
-@dataclass(frozen=True)
-class _PolicyFactory:
-    kind: str
-    hidden_sizes: tuple[int, ...]
-
-    def __call__(self, obs_space, action_space) -> nn.Module:
-        return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
-
-
 @torch.no_grad()
 def evaluate(
     policy: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, greedy: bool,
@@ -195,7 +179,7 @@ def train(
     reporter = reporter or NullReporter()
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
-    factory = _PolicyFactory(cfg.network, tuple(cfg.hidden_sizes))
+    factory = NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
     probe = make_env(env_cfg)
     obs_space, action_space = probe.observation_space, probe.action_space
     probe.close()

@@ -1,9 +1,11 @@
 """DQN on CartPole-v1: ours against RLlib's DQN, side by side in one run.
 
-Both with the same hyperparameters (experiment=cartpole_dqn: Adam 2.3e-3, gamma 0.99,
+Ours sampling in the learner's process, and with 1 rollout worker sampling while the
+learner trains. Both with the same hyperparameters (experiment=cartpole_dqn: Adam 2.3e-3,
+gamma 0.99,
 batch 64, 100k uniform replay, learning from 1,000 steps, 128 gradient steps per 256 env
 steps, epsilon 1.0 to 0.04 over 8,000 steps, a [256, 256] MLP, no dueling, the same
-double flag), sampling in the learner's process, on this machine's CPU. RLlib is
+double flag), on this machine's CPU; RLlib samples in its learner's process. RLlib is
 configured with its uniform EpisodeReplayBuffer, n_step 1, training_intensity 32 (= 128
 x 64 / 256). Measured: wall seconds and env steps until the mean return of the last 20
 training episodes reaches 475, and env steps per second. Ours reports (and evaluates
@@ -49,13 +51,15 @@ class GoalWatcher:
             raise _Reached
 
 
-def ours(double: bool, max_steps: int, max_seconds: float) -> dict:
-    """Our DQN until the goal (or the budget)."""
+def ours(double: bool, max_steps: int, max_seconds: float, workers: int = 0) -> dict:
+    """Our DQN until the goal (or the budget), sampling in the learner (0 workers) or on
+    rollout-worker actors that sample while the learner trains."""
     # The same schedule as RLlib's below: epsilon reaches 0.04 at 8,000 steps, whatever
     # the budget (exploration_fraction is a fraction of total_steps).
     cfg = compose_config(["experiment=cartpole_dqn", f"algo.double={double}",
                           f"algo.total_steps={max_steps}", "algo.eval_every=2000",
                           "algo.eval_episodes=1", "algo.device=cpu",
+                          f"algo.num_rollout_workers={workers}",
                           f"algo.exploration_fraction={8000 / max_steps}"]).cfg
     watcher = GoalWatcher(max_seconds)
     try:
@@ -118,10 +122,13 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--max-seconds", type=float, default=300.0)
     args = parser.parse_args()
-    results = {
-        "ours": ours(args.double, args.max_steps, args.max_seconds),
-        "rllib": rllib(args.double, args.max_steps, args.max_seconds),
-    }
+    import ray
+
+    results = {"ours": ours(args.double, args.max_steps, args.max_seconds)}
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    results["ours, 1 rollout worker"] = ours(args.double, args.max_steps, args.max_seconds, 1)
+    ray.shutdown()
+    results["rllib"] = rllib(args.double, args.max_steps, args.max_seconds)
     o, r = results["ours"], results["rllib"]
 
     def show(x):

@@ -4,6 +4,7 @@ for stacks of 84x84 frames (uint8 in, divided by 255 inside the network)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +66,26 @@ def build_network(
     if kind == "mlp":
         return MLP(int(np.prod(obs_space.shape)), outputs, hidden_sizes)
     raise ValueError(f"unknown network kind {kind!r}; allowed: auto, mlp, cnn")
+
+
+@dataclass(frozen=True)
+class NetworkFactory:
+    """(obs space, action space) -> a network with one output per action; picklable, so
+    that rollout workers build the same network as the learner."""
+
+    kind: str
+    hidden_sizes: tuple[int, ...]
+
+    def __call__(self, obs_space: gym.Space, action_space: gym.Space) -> nn.Module:
+        return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
+
+
+def check_box_discrete(env: gym.Env, who: str) -> None:
+    """Raise ValueError unless the env has Box observations and discrete actions."""
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise ValueError(f"{who} needs discrete actions; the env has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        raise ValueError(f"{who} needs Box observations; the env has {env.observation_space}")
 
 
 def resolve_device(device: str) -> torch.device:
