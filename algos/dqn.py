@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.core import validation as v
-from algos.core.envs import EnvConfig, make_env, make_vector_env
+from algos.core.envs import EnvConfig, make_env
+from algos.core.evaluation import play_episodes
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
@@ -190,26 +191,22 @@ def evaluate(
     net: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, device: torch.device,
     epsilon: float = 0.0,
 ) -> tuple[float, float, list[float]]:
-    """Greedy play, one episode per env of a vector env, seeds seed..seed+episodes-1:
-    (mean, std, returns)."""
-    envs = make_vector_env(env_cfg, episodes)
+    """Greedy (or epsilon-greedy) play, seeds seed..seed+episodes-1: (mean, std, returns)."""
     rng = np.random.default_rng(seed)
-    obs, _ = envs.reset(seed=seed)
-    returns = np.zeros(episodes)
-    done = np.zeros(episodes, dtype=np.bool_)
-    net.eval()
-    while not done.all():
-        actions = net(torch.as_tensor(obs, device=device)).argmax(1).cpu().numpy()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        q = net(torch.as_tensor(obs, device=device))
+        actions = q.argmax(1).cpu().numpy()
         if epsilon > 0:
-            explore = rng.random(episodes) < epsilon
-            actions = np.where(explore, rng.integers(0, envs.single_action_space.n,
-                                                     episodes), actions)
-        obs, rewards, terminated, truncated, _ = envs.step(actions)
-        returns += np.where(done, 0.0, rewards)
-        done |= terminated | truncated
-    envs.close()
-    net.train()
-    return float(returns.mean()), float(returns.std()), returns.tolist()
+            explore = rng.random(len(obs)) < epsilon
+            actions = np.where(explore, rng.integers(0, q.shape[1], len(obs)), actions)
+        return actions
+
+    net.eval()
+    try:
+        return play_episodes(env_cfg, episodes, seed, act)
+    finally:
+        net.train()
 
 
 def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int):

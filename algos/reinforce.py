@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from algos.core import validation as v
-from algos.core.envs import EnvConfig, make_env, make_vector_env
+from algos.core.envs import EnvConfig, make_env
+from algos.core.evaluation import play_episodes
 from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.rollout import RolloutWorker, remote_worker_class
@@ -147,25 +148,18 @@ def evaluate(
     policy: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, greedy: bool,
     max_steps: int, device: torch.device,
 ) -> tuple[float, float, list[float]]:
-    """Play `episodes` episodes, one per env of a vector env: (mean, std, returns)."""
-    envs = make_vector_env(env_cfg, episodes)
-    obs, _ = envs.reset(seed=seed)
+    """Play `episodes` episodes (sampling from the policy, or its most probable action):
+    (mean, std, returns)."""
     gen = torch.Generator().manual_seed(seed)
-    returns = np.zeros(episodes)
-    done = np.zeros(episodes, dtype=np.bool_)
-    for _ in range(max_steps):
+
+    def act(obs: np.ndarray) -> np.ndarray:
         logits = policy(torch.as_tensor(obs, device=device)).cpu()
         if greedy:
-            actions = logits.argmax(1)
-        else:
-            actions = torch.multinomial(torch.softmax(logits, 1), 1, generator=gen).squeeze(1)
-        obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
-        returns += np.where(done, 0.0, rewards)
-        done |= terminated | truncated
-        if done.all():
-            break
-    envs.close()
-    return float(returns.mean()), float(returns.std()), returns.tolist()
+            return logits.argmax(1).numpy()
+        probs = torch.softmax(logits, 1)
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1).numpy()
+
+    return play_episodes(env_cfg, episodes, seed, act, max_steps)
 
 
 def train(

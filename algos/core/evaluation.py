@@ -1,0 +1,33 @@
+"""Evaluation episodes played side by side in one vector env."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from algos.core.envs import EnvConfig, make_vector_env
+
+
+def play_episodes(
+    env_cfg: EnvConfig,
+    episodes: int,
+    seed: int,
+    act: Callable[[np.ndarray], np.ndarray],
+    max_steps: int | None = None,
+) -> tuple[float, float, list[float]]:
+    """One episode per env of a vector env, reset seeds seed..seed+episodes-1, actions from
+    `act(observations)`; steps after an env's episode ended do not count. Returns
+    (mean, std, returns)."""
+    envs = make_vector_env(env_cfg, episodes)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    done = np.zeros(episodes, dtype=np.bool_)
+    steps = 0
+    while not done.all() and (max_steps is None or steps < max_steps):
+        obs, rewards, terminated, truncated, _ = envs.step(act(obs))
+        returns += np.where(done, 0.0, rewards)
+        done |= terminated | truncated
+        steps += 1
+    envs.close()
+    return float(returns.mean()), float(returns.std()), returns.tolist()
