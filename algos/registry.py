@@ -16,8 +16,6 @@ class Algorithm:
     name: str
     config_class: type
     train: Callable[..., Any]
-    budget_key: str
-    """The config field that sets the training budget (episodes or total_steps)."""
     check_env: Callable[[Any], Any]
     """Raises ValueError when the algorithm cannot run on the given env."""
 
@@ -27,21 +25,18 @@ ALGORITHMS: dict[str, Algorithm] = {
         name="q_learning",
         config_class=q_learning.QLearningConfig,
         train=q_learning.train,
-        budget_key="episodes",
         check_env=q_learning.check_spaces,
     ),
     "dqn": Algorithm(
         name="dqn",
         config_class=dqn.DQNConfig,
         train=dqn.train,
-        budget_key="total_steps",
         check_env=dqn.check_spaces,
     ),
     "reinforce": Algorithm(
         name="reinforce",
         config_class=reinforce.ReinforceConfig,
         train=reinforce.train,
-        budget_key="episodes",
         check_env=reinforce.check_spaces,
     ),
 }

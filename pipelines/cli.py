@@ -10,7 +10,7 @@ import yaml
 
 from pipelines.config import CONF_DIR, GROUPS, UserError, group_options
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
 def usage(prog: str, summary: str, examples: list[str]) -> str:

@@ -29,7 +29,7 @@ from pipelines.tracking import (
     ui_hint,
     write_json_artifact,
 )
-from pipelines.trial import TrialContext, run_key, run_trial
+from pipelines.trial import TrialContext, run_key, run_trial, trial_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTEXT_FILE = "rlpipe.json"
@@ -127,8 +127,8 @@ def _trainable(ctx: TrialContext, cluster: ClusterConfig):
     from pipelines.config import compose_config
 
     def resources(config: dict[str, Any]):
-        overrides = list(ctx.fixed) + [f"{k}={v}" for k, v in config.items()]
-        return tune.PlacementGroupFactory(trial_bundles(compose_config(overrides).cfg))
+        composed = compose_config(trial_overrides(ctx, config))
+        return tune.PlacementGroupFactory(trial_bundles(composed.cfg))
 
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=resources)
 

@@ -62,11 +62,6 @@ class SweepPlan:
     base: Composed
     space_text: dict[str, str] = field(default_factory=dict)
 
-    def trial_overrides(self, sample: dict[str, Any]) -> list[str]:
-        """All overrides of one trial, from its sampled value per dimension key."""
-        by_key = {d.key: d for d in self.dims}
-        return self.fixed + [by_key[k].override(v) for k, v in sample.items()]
-
     @property
     def size(self) -> int | None:
         """Number of grid points (None when a dimension is continuous)."""

@@ -48,6 +48,11 @@ class TrialContext:
         return asdict(self)
 
 
+def trial_overrides(ctx: TrialContext, config: dict[str, Any]) -> list[str]:
+    """A trial's overrides: the sweep's fixed ones, then one per sampled dimension."""
+    return list(ctx.fixed) + [f"{k}={v}" for k, v in config.items()]
+
+
 def run_key(ctx: TrialContext, trial_id: str) -> str:
     """The MLflow tag that identifies a trial's run across retries and resumes."""
     return f"{ctx.uid}/{trial_id}"
@@ -156,8 +161,8 @@ def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger:
     }
     if composed.choices.get("experiment"):
         tags["experiment"] = composed.choices["experiment"]
-    trial_overrides = [o for o in composed.overrides if o not in ctx.fixed]
-    run_name = ",".join(trial_overrides) if ctx.parent_run_id else ctx.name
+    swept = [o for o in composed.overrides if o not in ctx.fixed]
+    run_name = ",".join(swept) if ctx.parent_run_id else ctx.name
     return RunLogger.open(
         ctx.tracking_uri,
         ctx.experiment_id,
@@ -183,8 +188,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from ray import tune
 
     quiet_ray_logs()
-    overrides = list(ctx.fixed) + [f"{k}={v}" for k, v in config.items()]
-    composed = load(overrides)
+    composed = load(trial_overrides(ctx, config))
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
