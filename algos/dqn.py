@@ -156,13 +156,53 @@ def td_targets(
 
 def dqn_loss(
     online: nn.Module, target: nn.Module, batch: Mapping[str, torch.Tensor], gamma: float,
-    double: bool, loss: str = "huber",
+    double: bool, loss: str = "huber", targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, Q(s, a)) of a batch."""
+    """(loss, Q(s, a)) of a batch; `targets` when they were computed beforehand."""
     q = online(batch["obs"]).gather(1, batch["actions"].long().unsqueeze(1)).squeeze(1)
-    y = td_targets(online, target, batch, gamma, double)
+    y = td_targets(online, target, batch, gamma, double) if targets is None else targets
     error = F.smooth_l1_loss(q, y) if loss == "huber" else F.mse_loss(q, y)
     return error, q
+
+
+def train_phase(
+    online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
+    phase: Mapping[str, torch.Tensor], n_updates: int, cfg: DQNConfig,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n_updates` gradient steps, step k on rows [k * batch_size, (k + 1) * batch_size) of
+    `phase`: [(loss, mean Q(s, a))] per step, as tensors (no device sync).
+
+    The target network does not change within a phase, so DQN's targets come from one
+    forward pass over the whole phase, the same values as step by step. Double DQN's
+    depend on the online network, which every step changes: they are computed per step."""
+    b = cfg.batch_size
+    targets = None if cfg.double else td_targets(online, target, phase, cfg.gamma, False)
+    params = [p for p in online.parameters() if p.requires_grad]
+    out = []
+    for k in range(n_updates):
+        rows = slice(k * b, (k + 1) * b)
+        batch = {key: t[rows] for key, t in phase.items()}
+        loss, q = dqn_loss(online, target, batch, cfg.gamma, cfg.double, cfg.loss,
+                           None if targets is None else targets[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+        optimizer.step()
+        out.append((loss.detach(), q.detach().mean()))
+    return out
+
+
+def make_optimizer(net: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with its fused kernel where PyTorch has one (CPU and CUDA): one kernel per
+    step for all parameters (foreach elsewhere)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+    return torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
+
+
+PHASE_BYTES = 1 << 26
+"""The most observation bytes one phase's minibatches take at once (64 MiB)."""
 
 
 def network_factory(cfg: DQNConfig) -> NetworkFactory:
@@ -228,6 +268,7 @@ class _Sampler:
             self.local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed)
             self.obs_space = self.local.envs.single_observation_space
             self.action_space = self.local.envs.single_action_space
+            self.frames_only = cfg.frame_memory and is_image(self.obs_space)
             return
         import ray
 
@@ -242,6 +283,8 @@ class _Sampler:
         probe = make_env(env_cfg)
         self.obs_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
+        # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
+        self.frames_only = cfg.frame_memory and is_image(self.obs_space)
         self.ray = ray
         self.in_flight: dict[Any, int] = {}
 
@@ -249,17 +292,18 @@ class _Sampler:
         """Put one request in flight per worker (remote only)."""
         ref = self.ray.put(weights)
         for i, w in enumerate(self.workers):
-            self.in_flight[w.sample.remote(steps, epsilon, ref)] = i
+            self.in_flight[w.sample.remote(steps, epsilon, ref, self.frames_only)] = i
 
     def next_batch(self, steps: int, epsilon: float, weights_ref) -> dict[str, Any]:
         """The next batch: sampled here, or the first ready remote one (whose worker then
         gets its next request at once, with the newest weights reference if any)."""
         if not self.remote:
-            return self.local.sample(steps, epsilon)
+            return self.local.sample(steps, epsilon, frames_only=self.frames_only)
         ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
         i = self.in_flight.pop(ready[0])
         batch = self.ray.get(ready[0])
-        self.in_flight[self.workers[i].sample.remote(steps, epsilon, weights_ref)] = i
+        self.in_flight[self.workers[i].sample.remote(steps, epsilon, weights_ref,
+                                                     self.frames_only)] = i
         return batch
 
     def close(self) -> None:
@@ -286,8 +330,7 @@ def train(
     factory = network_factory(cfg)
     online = factory(sampler.obs_space, sampler.action_space).to(device)
     target = copy.deepcopy(online)
-    # foreach: one kernel per step for all parameters (PyTorch only defaults to it on CUDA)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.lr, foreach=True)
+    optimizer = make_optimizer(online, cfg.lr, device)
     n_envs = max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
     buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed)
     env_steps = updates = last_sync = 0
@@ -307,8 +350,9 @@ def train(
     updates_per_step = cfg.gradient_steps / cfg.train_freq
     owed = 0.0
     returns: list[tuple[int, float]] = []
-    losses: list[float] = []
-    q_means: list[float] = []
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+    obs_bytes = 2 * int(np.prod(sampler.obs_space.shape)) * sampler.obs_space.dtype.itemsize
+    phase_chunk = max(1, PHASE_BYTES // (cfg.batch_size * obs_bytes))
     watch = Stopwatch()
     steps_since, updates_since = 0, 0
     metrics: dict[str, float] = {}
@@ -317,6 +361,7 @@ def train(
         sampler.start(step_chunk, linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end,
                                                  decay_steps), cpu_weights(online))
     local_weights_stale = True
+    learning = False
     try:
         while env_steps < cfg.total_steps:
             epsilon = linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
@@ -326,27 +371,27 @@ def train(
             batch = sampler.next_batch(step_chunk, epsilon, weights_ref)
             buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
                        batch["next_obs"], batch["terminated"], batch["truncated"],
-                       batch["episode_starts"])
+                       batch["episode_starts"], batch.get("first_frames"))
             for ret, _length, at in batch["episodes"]:
                 returns.append((env_steps + at, ret))
             env_steps += batch["steps"]
             steps_since += batch["steps"]
-            if env_steps >= cfg.learning_starts and len(buffer) >= cfg.batch_size:
+            # Once learning starts it goes on (len() of the frame memory is not free).
+            learning = learning or (env_steps >= cfg.learning_starts
+                                    and len(buffer) >= cfg.batch_size)
+            if learning:
                 owed += batch["steps"] * updates_per_step
                 n_updates = int(owed)
                 owed -= n_updates
-                for _ in range(n_updates):
-                    tensors = _to_tensors(buffer.sample(cfg.batch_size), device,
-                                          cfg.clip_rewards)
-                    loss, q = dqn_loss(online, target, tensors, cfg.gamma, cfg.double,
-                                       cfg.loss)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.max_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    q_means.append(float(q.detach().mean()))
+                # A phase's minibatches are drawn at once: the memory does not change
+                # within a phase, so this is the same distribution as one draw per step.
+                done_updates = 0
+                while done_updates < n_updates:
+                    n = min(n_updates - done_updates, phase_chunk)
+                    phase = _to_tensors(buffer.sample(cfg.batch_size * n), device,
+                                        cfg.clip_rewards)
+                    stats += train_phase(online, target, optimizer, phase, n, cfg)
+                    done_updates += n
                 updates += n_updates
                 updates_since += n_updates
                 if n_updates:
@@ -370,9 +415,9 @@ def train(
                     "perf/updates_per_s": updates_since / seconds if seconds else 0.0,
                     "train/updates": float(updates),
                 }
-                if losses:
-                    metrics["loss/td"] = float(np.mean(losses))
-                    metrics["train/q_mean"] = float(np.mean(q_means))
+                if stats:
+                    loss_q = torch.stack([torch.stack(pair) for pair in stats]).mean(0)
+                    metrics["loss/td"], metrics["train/q_mean"] = map(float, loss_q.tolist())
                 if returns:
                     metrics["train/episode_return_mean"] = float(
                         np.mean([r for _, r in returns]))
@@ -388,7 +433,7 @@ def train(
                                 state=checkpoint, final=final)
                 while next_eval <= env_steps:
                     next_eval += cfg.eval_every
-                returns, losses, q_means = [], [], []
+                returns, stats = [], []
                 steps_since = updates_since = 0
                 watch.lap()
     finally:

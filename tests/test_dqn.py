@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from algos.core.reporting import MemoryReporter
-from algos.dqn import dqn_loss, td_targets, train
+from algos.dqn import DQNConfig, dqn_loss, make_optimizer, td_targets, train, train_phase
 from pipelines.config import compose_config
 
 
@@ -50,6 +50,40 @@ def test_the_loss_compares_the_target_with_q_of_the_action_taken():
     assert q.tolist() == pytest.approx([0.5, 2.0, 4.0])
     expected = ((3.7 - 0.5) ** 2 + (-0.4 - 2.0) ** 2 + (2.0 - 4.0) ** 2) / 3
     assert float(loss) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_a_training_phase_is_the_same_as_one_step_at_a_time(double):
+    # A phase draws its minibatches at once and, for DQN, computes their targets in one
+    # pass (the target network is fixed within a phase): the same weights as the plain
+    # loop of one dqn_loss and one Adam step per minibatch.
+    from algos.core.networks import MLP
+
+    cfg = DQNConfig(double=double, batch_size=8, max_grad_norm=0.5, gamma=0.9)
+    gen = torch.Generator().manual_seed(0)
+    phase = {"obs": torch.randn(24, 3, generator=gen),
+             "actions": torch.randint(0, 2, (24,), generator=gen),
+             "rewards": torch.randn(24, generator=gen),
+             "next_obs": torch.randn(24, 3, generator=gen),
+             "terminated": torch.rand(24, generator=gen) < 0.2}
+    torch.manual_seed(0)
+    online, target = MLP(3, 2, [16]), MLP(3, 2, [16])
+    plain = MLP(3, 2, [16])
+    plain.load_state_dict(online.state_dict())
+    initial = online.body[0].weight.detach().clone()
+    opt, plain_opt = (make_optimizer(n, 1e-2, torch.device("cpu")) for n in (online, plain))
+    stats = train_phase(online, target, opt, phase, 3, cfg)
+    for k in range(3):
+        batch = {key: t[8 * k:8 * (k + 1)] for key, t in phase.items()}
+        loss, _ = dqn_loss(plain, target, batch, 0.9, double)
+        plain_opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+        plain_opt.step()
+        assert float(stats[k][0]) == pytest.approx(float(loss))
+    for a, b in zip(online.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(online.body[0].weight, initial)  # the steps changed the weights
 
 
 def best_eval(reporter: MemoryReporter) -> float:

@@ -135,3 +135,80 @@ def test_frame_memory_stores_one_frame_per_slot():
     whole = ReplayBuffer(1000, (4, 84, 84), np.uint8, n_envs=2)
     assert frames.nbytes / 1000 == pytest.approx(84 * 84 + 10)
     assert whole.nbytes / frames.nbytes > 7.9  # two stacks of 4 frames per transition
+
+
+def feed_compact(buffer, stream, chunk: int = 7):
+    """As feed(), in RolloutWorker.sample(frames_only=True)'s format: newest frames, and
+    the older frames of the stacks that start an episode."""
+    for i in range(0, len(stream), chunk):
+        cols = list(zip(*stream[i:i + chunk], strict=True))
+        obs, next_obs, starts = np.array(cols[1]), np.array(cols[4]), np.array(cols[7])
+        buffer.add(np.array(cols[0]), obs[:, -1], np.array(cols[2]),
+                   np.array(cols[3], dtype=np.float32), next_obs[:, -1],
+                   np.array(cols[5]), np.array(cols[6]), starts,
+                   first_frames=obs[starts, :-1])
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_newest_frames_only_fill_the_memory_as_whole_stacks_do(n_envs):
+    stream = make_stream(n_envs, steps=300, seed=11)
+    whole = FrameReplayBuffer(200, FRAME, stack=STACK, n_envs=n_envs, seed=0)
+    compact = FrameReplayBuffer(200, FRAME, stack=STACK, n_envs=n_envs, seed=0)
+    feed(whole, stream)
+    feed_compact(compact, stream)
+    a, b = whole.state_dict(), compact.state_dict()
+    for key in ("frames", "actions", "rewards", "terminated", "is_step", "count",
+                "in_episode"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_newest_frames_only_refuse_an_episode_whose_start_was_not_sent():
+    stream = make_stream(1, steps=20, seed=5)
+    frames = FrameReplayBuffer(100, FRAME, stack=STACK, n_envs=1, seed=0)
+    with pytest.raises(ValueError, match="never saw start"):
+        mid = next(k for k, t in enumerate(stream) if not t[7])
+        feed_compact(frames, stream[mid:])
+
+
+def test_a_rollout_worker_sends_each_pong_frame_once_and_the_memory_is_the_same():
+    import torch
+
+    from algos.core.envs import EnvConfig
+    from algos.core.networks import NetworkFactory
+    from algos.core.rollout import RolloutWorker
+
+    # Episodes truncated at 300 agent steps: starts and true final frames in 1,500 steps.
+    env_cfg = EnvConfig(id="ALE/Pong-v5", kind="atari", max_episode_frames=1200)
+    memories, sizes = [], []
+    for frames_only in (False, True):
+        torch.manual_seed(0)  # the same network acts in both runs
+        worker = RolloutWorker(env_cfg, 2, NetworkFactory("cnn", ()), seed=3)
+        memory = FrameReplayBuffer(3000, (84, 84), n_envs=2, seed=0)
+        for _ in range(3):
+            batch = worker.sample(500, epsilon=0.5, frames_only=frames_only)
+            memory.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
+                       batch["next_obs"], batch["terminated"], batch["truncated"],
+                       batch["episode_starts"], batch.get("first_frames"))
+            sizes.append(sum(a.nbytes for a in batch.values() if isinstance(a, np.ndarray)))
+        worker.close()
+        memories.append(memory.state_dict())
+    # Episodes ended and started again: final frames and first stacks beyond the first two.
+    assert memories[0]["count"].sum() > 1500 + 2 * (STACK - 1)
+    for key in ("frames", "actions", "rewards", "terminated", "is_step", "count"):
+        assert np.array_equal(memories[0][key], memories[1][key]), key
+    assert sum(sizes[3:]) < sum(sizes[:3]) / 3.5
+
+
+def test_frame_memory_samples_every_valid_transition_equally_often():
+    # Rejection sampling over the written slots must stay uniform over the valid ones,
+    # across env streams of different fill (a 1M-slot mask per minibatch is not an option).
+    stream = make_stream(3, steps=120, seed=21)
+    stream = [t for t in stream if t[0] != 2 or int(t[3]) % 3 == 0]  # env 2 fills slower
+    frames = FrameReplayBuffer(240, FRAME, stack=STACK, n_envs=3, seed=2)
+    feed(frames, stream)
+    n = 200_000
+    ids, counts = np.unique(frames.sample(n).rewards.astype(int), return_counts=True)
+    assert ids.size == len(frames)
+    expected = n / ids.size
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), (counts.min(),
+                                                                     counts.max(), expected)

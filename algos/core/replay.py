@@ -103,8 +103,13 @@ class ReplayBuffer:
         terminated: np.ndarray,
         truncated: np.ndarray,
         episode_starts: np.ndarray | None = None,
+        first_frames: np.ndarray | None = None,
     ) -> None:
-        """Store transitions; row k came from env `env_ids[k]`."""
+        """Store transitions; row k came from env `env_ids[k]`. Whole observations only:
+        `first_frames` (newest-frame batches) is FrameReplayBuffer's format."""
+        if first_frames is not None:
+            raise ValueError("ReplayBuffer stores whole observations; sample them with "
+                             "frames_only=False")
         for k, e in enumerate(np.asarray(env_ids)):
             i = self.count[e] % self.ring
             self.obs[e, i] = obs[k]
@@ -207,47 +212,88 @@ class FrameReplayBuffer:
         terminated: np.ndarray,
         truncated: np.ndarray,
         episode_starts: np.ndarray | None = None,
+        first_frames: np.ndarray | None = None,
     ) -> None:
-        """Store transitions (obs and next_obs are stacks, oldest frame first)."""
+        """Store transitions. obs and next_obs are stacks, oldest frame first; or, with
+        `first_frames` (RolloutWorker.sample(frames_only=True)), only the newest frame of
+        each, and first_frames the older frames of each episode-starting stack, in order.
+        """
+        compact = first_frames is not None
+        if compact and episode_starts is None:
+            raise ValueError("first_frames needs episode_starts")
+        starts_seen = 0
         for k, e in enumerate(np.asarray(env_ids)):
-            start = not self.in_episode[e] or (
-                episode_starts is not None and bool(episode_starts[k])
-            )
-            if start:
+            flagged = episode_starts is not None and bool(episode_starts[k])
+            if flagged or not self.in_episode[e]:
                 if self.in_episode[e] and self.count[e] > 0:
                     # The stream restarted mid-episode (a restarted worker): the step
                     # before has no next frame, so it must not be sampled.
                     self.is_step[e, (self.count[e] - 1) % self.ring] = False
+                if compact and not flagged:
+                    raise ValueError(f"env stream {e} continues an episode this memory "
+                                     "never saw start, and its older frames were not sent")
+                older = first_frames[starts_seen] if compact else obs[k][:-1]
+                starts_seen += flagged
                 for j in range(self.stack - 1):
-                    self._write(e, obs[k][j], step=False)
-            self._write(e, obs[k][-1], step=True, action=int(actions[k]),
+                    self._write(e, older[j], step=False)
+            newest = obs[k] if compact else obs[k][-1]
+            self._write(e, newest, step=True, action=int(actions[k]),
                         reward=float(rewards[k]), terminated=bool(terminated[k]))
             self.in_episode[e] = True
             if terminated[k] or truncated[k]:
-                self._write(e, next_obs[k][-1], step=False)
+                self._write(e, next_obs[k] if compact else next_obs[k][-1], step=False)
                 self.in_episode[e] = False
 
-    def _valid_mask(self) -> np.ndarray:
-        """(n_envs, ring) mask of slots that can be sampled now."""
-        j = np.arange(self.ring)[None, :]
-        count = self.count[:, None]
-        # The absolute index of the slot at ring position j: the newest write there.
-        absolute = count - 1 - ((count - 1 - j) % self.ring)
+    def _valid(self, env: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Which of the slots (env, ring position pos) can be sampled now (broadcasts)."""
+        count = self.count[env]
+        # The absolute index of the slot at ring position pos: the newest write there.
+        absolute = count - 1 - ((count - 1 - pos) % self.ring)
         oldest_live = np.maximum(count - self.ring, 0)
         return (
-            self.is_step
+            self.is_step[env, pos]
             & (absolute >= 0)
             & (absolute - (self.stack - 1) >= oldest_live)  # its stack is not overwritten
             & (absolute + 1 < count)  # its next frame is written
         )
 
-    def sample(self, batch_size: int) -> Batch:
-        """Uniform over the valid transitions."""
+    def _valid_mask(self) -> np.ndarray:
+        """(n_envs, ring) mask of slots that can be sampled now."""
+        return self._valid(np.arange(self.n_envs)[:, None], np.arange(self.ring)[None, :])
+
+    def _pick(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(env, pos) of `batch_size` valid slots, uniform over the valid ones: uniform
+        draws over the written slots, the invalid ones (first-stack frames, final frames,
+        the few at the write cursor: about 4 per episode) drawn again. The cost grows
+        with the batch, not with the memory (a mask over 1M slots costs milliseconds)."""
+        written = np.minimum(self.count, self.ring)
+        offsets = np.concatenate([[0], np.cumsum(written)])
+        env = np.empty(batch_size, dtype=np.int64)
+        pos = np.empty(batch_size, dtype=np.int64)
+        todo = np.arange(batch_size)
+        for _ in range(64):
+            flat = self.rng.integers(0, offsets[-1], size=todo.size)
+            e = np.searchsorted(offsets, flat, side="right") - 1
+            p = (self.count[e] - written[e] + flat - offsets[e]) % self.ring
+            ok = self._valid(e, p)
+            env[todo[ok]], pos[todo[ok]] = e[ok], p[ok]
+            todo = todo[~ok]
+            if todo.size == 0:
+                return env, pos
+        # Almost nothing is valid (a memory that holds little but episode starts): draw
+        # the rest from the mask of all valid slots.
         valid = np.flatnonzero(self._valid_mask())
         if valid.size == 0:
             raise ValueError("cannot sample an empty replay memory")
-        pick = valid[self.rng.integers(0, valid.size, size=batch_size)]
-        env, pos = np.divmod(pick, self.ring)
+        env[todo], pos[todo] = np.divmod(valid[self.rng.integers(0, valid.size, todo.size)],
+                                         self.ring)
+        return env, pos
+
+    def sample(self, batch_size: int) -> Batch:
+        """Uniform over the valid transitions."""
+        if not self.count.any():
+            raise ValueError("cannot sample an empty replay memory")
+        env, pos = self._pick(batch_size)
         offsets = np.arange(-(self.stack - 1), 2)  # the stack and one more for next_obs
         slots = (pos[:, None] + offsets[None, :]) % self.ring
         window = self.frames[env[:, None], slots]  # (batch, stack + 1, *frame)
