@@ -90,6 +90,11 @@ class DQNConfig:
     """Ray actors sampling beside the learner (0: sample in the learner process)."""
     envs_per_worker: int = 1
     """Vector envs per rollout worker (or in the learner with 0 workers)."""
+    rollout_steps: int = 0
+    """Env steps per sample request to a rollout worker. 0: train_freq shared among the
+    workers, and at least 32 steps of each of the worker's envs (a request is a Ray round
+    trip: 4 steps per request sample at a third of the rate of 128). The learner takes
+    gradient_steps per train_freq env steps of whatever arrives."""
     device: str = "auto"
     """Learner device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
     eval_episodes: int = 10
@@ -110,6 +115,7 @@ class DQNConfig:
         v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
         v.at_least(self, "learning_starts", 0)
         v.at_least(self, "num_rollout_workers", 0)
+        v.at_least(self, "rollout_steps", 0)
         for key in ("exploration_fraction", "epsilon_start", "epsilon_end", "eval_epsilon"):
             v.in_range(self, key, 0.0, 1.0)
         v.one_of(self, "loss", ("huber", "mse"))
@@ -346,7 +352,8 @@ def train(
     decay_steps = int(cfg.exploration_fraction * cfg.total_steps)
     step_chunk = max(cfg.train_freq, n_envs)
     if cfg.num_rollout_workers:
-        step_chunk = max(step_chunk // cfg.num_rollout_workers, cfg.envs_per_worker)
+        step_chunk = max(cfg.rollout_steps, cfg.envs_per_worker) if cfg.rollout_steps else (
+            max(step_chunk // cfg.num_rollout_workers, 32 * cfg.envs_per_worker))
     updates_per_step = cfg.gradient_steps / cfg.train_freq
     owed = 0.0
     returns: list[tuple[int, float]] = []

@@ -1,11 +1,21 @@
-"""Run every benchmark in turn: python -m benchmarks.run (make bench)."""
+"""Run every benchmark in turn: python -m benchmarks.run (make bench). Minutes: the
+CartPole DQN comparison alone takes about 7 on 2 cores (RLlib's 300-second budget)."""
 
 from __future__ import annotations
 
 import runpy
 import sys
 
-BENCHMARKS = ["benchmarks.q_learning_taxi", "benchmarks.sweep_efficiency"]
+BENCHMARKS = [
+    "benchmarks.q_learning_taxi",
+    "benchmarks.sweep_efficiency",
+    "benchmarks.cartpole_dqn",
+    "benchmarks.dqn_learner",
+    "benchmarks.atari_sampling",
+    "benchmarks.replay_memory",
+    "benchmarks.pong_dqn_throughput",
+    "benchmarks.cartpole_reinforce",
+]
 
 
 def main() -> None:
