@@ -174,9 +174,9 @@ def dqn_loss(
 def train_phase(
     online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
     phase: Mapping[str, torch.Tensor], n_updates: int, cfg: DQNConfig,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> torch.Tensor:
     """`n_updates` gradient steps, step k on rows [k * batch_size, (k + 1) * batch_size) of
-    `phase`: [(loss, mean Q(s, a))] per step, as tensors (no device sync).
+    `phase`: a (n_updates, 2) tensor of each step's loss and mean Q(s, a) (no device sync).
 
     The target network does not change within a phase, so DQN's targets come from one
     forward pass over the whole phase, the same values as step by step. Double DQN's
@@ -195,8 +195,26 @@ def train_phase(
         if cfg.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
         optimizer.step()
-        out.append((loss.detach(), q.detach().mean()))
-    return out
+        out.append(torch.stack((loss.detach(), q.detach().mean())))
+    return torch.stack(out)
+
+
+def learn(
+    online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, buffer,
+    n_updates: int, cfg: DQNConfig, device: torch.device,
+) -> torch.Tensor:
+    """`n_updates` gradient steps on minibatches from the replay memory, drawn a phase at
+    a time (the memory does not change within a phase, so this is the same distribution
+    as one draw per step), phases of at most PHASE_BYTES of observations: the (n_updates,
+    2) losses and mean Qs of train_phase."""
+    obs_bytes = 2 * buffer.obs_nbytes
+    most = max(1, PHASE_BYTES // (cfg.batch_size * obs_bytes))
+    out = []
+    for first in range(0, n_updates, most):
+        n = min(most, n_updates - first)
+        phase = to_tensors(buffer.sample(cfg.batch_size * n), device, cfg.clip_rewards)
+        out.append(train_phase(online, target, optimizer, phase, n, cfg))
+    return torch.cat(out)
 
 
 def make_optimizer(net: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -216,7 +234,8 @@ def network_factory(cfg: DQNConfig) -> NetworkFactory:
     return NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
 
 
-def _to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torch.Tensor]:
+def to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torch.Tensor]:
+    """A minibatch as tensors on the device (rewards clipped to their sign with clip)."""
     rewards = np.sign(batch.rewards) if clip else batch.rewards
     return {
         "obs": torch.as_tensor(batch.obs, device=device),
@@ -274,25 +293,24 @@ class _Sampler:
             self.local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed)
             self.obs_space = self.local.envs.single_observation_space
             self.action_space = self.local.envs.single_action_space
-            self.frames_only = cfg.frame_memory and is_image(self.obs_space)
-            return
-        import ray
+        else:
+            import ray
 
-        from algos.core.placement import worker_options
+            from algos.core.placement import worker_options
 
-        actor = remote_worker_class()
-        self.workers = [
-            actor.options(**worker_options(i)).remote(
-                env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1), i)
-            for i in range(cfg.num_rollout_workers)
-        ]
-        probe = make_env(env_cfg)
-        self.obs_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
+            actor = remote_worker_class()
+            self.workers = [
+                actor.options(**worker_options(i)).remote(
+                    env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1), i)
+                for i in range(cfg.num_rollout_workers)
+            ]
+            probe = make_env(env_cfg)
+            self.obs_space, self.action_space = probe.observation_space, probe.action_space
+            probe.close()
+            self.ray = ray
+            self.in_flight: dict[Any, int] = {}
         # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
         self.frames_only = cfg.frame_memory and is_image(self.obs_space)
-        self.ray = ray
-        self.in_flight: dict[Any, int] = {}
 
     def start(self, steps: int, epsilon: float, weights) -> None:
         """Put one request in flight per worker (remote only)."""
@@ -357,9 +375,7 @@ def train(
     updates_per_step = cfg.gradient_steps / cfg.train_freq
     owed = 0.0
     returns: list[tuple[int, float]] = []
-    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-    obs_bytes = 2 * int(np.prod(sampler.obs_space.shape)) * sampler.obs_space.dtype.itemsize
-    phase_chunk = max(1, PHASE_BYTES // (cfg.batch_size * obs_bytes))
+    stats_sum = torch.zeros(2, device=device)  # loss, mean Q summed over the updates
     watch = Stopwatch()
     steps_since, updates_since = 0, 0
     metrics: dict[str, float] = {}
@@ -390,15 +406,9 @@ def train(
                 owed += batch["steps"] * updates_per_step
                 n_updates = int(owed)
                 owed -= n_updates
-                # A phase's minibatches are drawn at once: the memory does not change
-                # within a phase, so this is the same distribution as one draw per step.
-                done_updates = 0
-                while done_updates < n_updates:
-                    n = min(n_updates - done_updates, phase_chunk)
-                    phase = _to_tensors(buffer.sample(cfg.batch_size * n), device,
-                                        cfg.clip_rewards)
-                    stats += train_phase(online, target, optimizer, phase, n, cfg)
-                    done_updates += n
+                if n_updates:
+                    stats_sum = stats_sum + learn(online, target, optimizer, buffer,
+                                                  n_updates, cfg, device).sum(0)
                 updates += n_updates
                 updates_since += n_updates
                 if n_updates:
@@ -422,9 +432,9 @@ def train(
                     "perf/updates_per_s": updates_since / seconds if seconds else 0.0,
                     "train/updates": float(updates),
                 }
-                if stats:
-                    loss_q = torch.stack([torch.stack(pair) for pair in stats]).mean(0)
-                    metrics["loss/td"], metrics["train/q_mean"] = map(float, loss_q.tolist())
+                if updates_since:
+                    loss_q = (stats_sum / updates_since).tolist()
+                    metrics["loss/td"], metrics["train/q_mean"] = loss_q
                 if returns:
                     metrics["train/episode_return_mean"] = float(
                         np.mean([r for _, r in returns]))
@@ -440,7 +450,7 @@ def train(
                                 state=checkpoint, final=final)
                 while next_eval <= env_steps:
                     next_eval += cfg.eval_every
-                returns, stats = [], []
+                returns, stats_sum = [], torch.zeros(2, device=device)
                 steps_since = updates_since = 0
                 watch.lap()
     finally:

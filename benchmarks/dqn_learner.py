@@ -27,7 +27,7 @@ from torch import nn
 
 from algos.core.networks import resolve_device
 from algos.core.replay import FrameReplayBuffer, ReplayBuffer
-from algos.dqn import _to_tensors, dqn_loss, make_optimizer, network_factory, train_phase
+from algos.dqn import dqn_loss, learn, make_optimizer, network_factory, to_tensors
 from benchmarks.common import median, table, write
 from pipelines.config import compose_config
 
@@ -50,7 +50,7 @@ def fill(buffer, obs_shape, n: int, seed: int = 0) -> None:
 def plain_loop(online, target, optimizer, buffer, n, cfg, device) -> None:
     """n gradient steps, one draw and one target pass each."""
     for _ in range(n):
-        batch = _to_tensors(buffer.sample(cfg.batch_size), device, cfg.clip_rewards)
+        batch = to_tensors(buffer.sample(cfg.batch_size), device, cfg.clip_rewards)
         loss, _ = dqn_loss(online, target, batch, cfg.gamma, cfg.double, cfg.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,13 +61,10 @@ def plain_loop(online, target, optimizer, buffer, n, cfg, device) -> None:
 
 
 def phases(online, target, optimizer, buffer, n, cfg, device) -> None:
-    """n gradient steps in phases of cfg.gradient_steps."""
-    done = 0
-    while done < n:
-        k = min(cfg.gradient_steps, n - done)
-        phase = _to_tensors(buffer.sample(cfg.batch_size * k), device, cfg.clip_rewards)
-        train_phase(online, target, optimizer, phase, k, cfg)
-        done += k
+    """n gradient steps in phases of cfg.gradient_steps, as algos.dqn.train takes them."""
+    for first in range(0, n, cfg.gradient_steps):
+        learn(online, target, optimizer, buffer, min(cfg.gradient_steps, n - first), cfg,
+              device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

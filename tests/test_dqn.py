@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from algos import dqn
 from algos.core.reporting import MemoryReporter
 from algos.dqn import DQNConfig, dqn_loss, make_optimizer, td_targets, train, train_phase
 from pipelines.config import compose_config
@@ -80,10 +81,35 @@ def test_a_training_phase_is_the_same_as_one_step_at_a_time(double):
         loss.backward()
         nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
         plain_opt.step()
-        assert float(stats[k][0]) == pytest.approx(float(loss))
+        assert float(stats[k, 0]) == pytest.approx(float(loss))
     for a, b in zip(online.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert not torch.equal(online.body[0].weight, initial)  # the steps changed the weights
+
+
+def test_learning_in_phases_bounded_in_memory_takes_every_update(monkeypatch):
+    # A phase larger than PHASE_BYTES of observations is split: 10 updates of batch 8 on
+    # 3-float observations (12 bytes each, obs + next_obs 24) in pieces of 3 updates.
+    import numpy as np
+
+    from algos.core.networks import MLP
+    from algos.core.replay import ReplayBuffer
+
+    monkeypatch.setattr(dqn, "PHASE_BYTES", 3 * 8 * 24)
+    buffer = ReplayBuffer(100, (3,), np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    buffer.add(np.zeros(50, np.int64), rng.standard_normal((50, 3)).astype(np.float32),
+               rng.integers(0, 2, 50), rng.random(50), rng.standard_normal((50, 3)),
+               rng.random(50) < 0.1, np.zeros(50, bool))
+    sizes = []
+    original = dqn.train_phase
+    monkeypatch.setattr(dqn, "train_phase",
+                        lambda *a: sizes.append(a[4]) or original(*a))
+    online, target = MLP(3, 2, [8]), MLP(3, 2, [8])
+    cfg = DQNConfig(batch_size=8)
+    stats = dqn.learn(online, target, make_optimizer(online, 1e-3, torch.device("cpu")),
+                      buffer, 10, cfg, torch.device("cpu"))
+    assert sizes == [3, 3, 3, 1] and stats.shape == (10, 2)
 
 
 def best_eval(reporter: MemoryReporter) -> float:

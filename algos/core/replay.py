@@ -90,6 +90,11 @@ class ReplayBuffer:
         return sum(a.nbytes for a in (self.obs, self.next_obs, self.actions, self.rewards,
                                       self.terminated))
 
+    @property
+    def obs_nbytes(self) -> int:
+        """Bytes of one sampled observation."""
+        return self.obs[0, 0].nbytes
+
     def __len__(self) -> int:
         return int(np.minimum(self.count, self.ring).sum())
 
@@ -188,6 +193,11 @@ class FrameReplayBuffer:
         """Bytes held by the arrays."""
         return sum(a.nbytes for a in (self.frames, self.actions, self.rewards,
                                       self.terminated, self.is_step))
+
+    @property
+    def obs_nbytes(self) -> int:
+        """Bytes of one sampled observation (a rebuilt stack)."""
+        return self.stack * self.frames[0, 0].nbytes
 
     def __len__(self) -> int:
         return int(self._valid_mask().sum())
