@@ -229,6 +229,17 @@ PHASE_BYTES = 1 << 26
 """The most observation bytes one phase's minibatches take at once (64 MiB)."""
 
 
+def request_steps(cfg: DQNConfig) -> int:
+    """Env steps per sample request: train_freq (at least one step of every env) sampled
+    in the learner; per rollout worker, algo.rollout_steps, or by default train_freq shared
+    among the workers and at least 32 steps of each of the worker's envs."""
+    if not cfg.num_rollout_workers:
+        return max(cfg.train_freq, cfg.envs_per_worker)
+    if cfg.rollout_steps:
+        return max(cfg.rollout_steps, cfg.envs_per_worker)
+    return max(cfg.train_freq // cfg.num_rollout_workers, 32 * cfg.envs_per_worker)
+
+
 def network_factory(cfg: DQNConfig) -> NetworkFactory:
     """A picklable (obs space, action space) -> Q-network, for the learner and workers."""
     return NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
@@ -368,10 +379,7 @@ def train(
         if state.get("replay") is not None:
             buffer.load_state_dict(state["replay"])
     decay_steps = int(cfg.exploration_fraction * cfg.total_steps)
-    step_chunk = max(cfg.train_freq, n_envs)
-    if cfg.num_rollout_workers:
-        step_chunk = max(cfg.rollout_steps, cfg.envs_per_worker) if cfg.rollout_steps else (
-            max(step_chunk // cfg.num_rollout_workers, 32 * cfg.envs_per_worker))
+    step_chunk = request_steps(cfg)
     updates_per_step = cfg.gradient_steps / cfg.train_freq
     owed = 0.0
     returns: list[tuple[int, float]] = []

@@ -23,6 +23,7 @@ CASES = [
     (TRAIN, ["algo.gamma=1.5"], ["algo.gamma", "(0.0, 1.0]"]),
     (TRAIN, ["algo.epsilon_start=2"], ["algo.epsilon_start", "[0.0, 1.0]"]),
     (TRAIN, ["algo.episodes=0"], ["algo.episodes", ">= 1"]),
+    (TRAIN, ["experiment=pong_dqn", "algo.rollout_steps=-1"], ["algo.rollout_steps", ">= 0"]),
     (TRAIN, ["algo.eval_seeds=[1,2]"], ["algo.eval_seeds", "eval_episodes=100"]),
     (TRAIN, ["env.id=NoSuchEnv-v0"], ["env.id=NoSuchEnv-v0", "doesn't exist"]),
     (TRAIN, ["env=taxi", "env.id=CartPole-v1"], ["algo=q_learning", "CartPole-v1", "discrete"]),

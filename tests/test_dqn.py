@@ -8,7 +8,15 @@ from torch import nn
 
 from algos import dqn
 from algos.core.reporting import MemoryReporter
-from algos.dqn import DQNConfig, dqn_loss, make_optimizer, td_targets, train, train_phase
+from algos.dqn import (
+    DQNConfig,
+    dqn_loss,
+    make_optimizer,
+    request_steps,
+    td_targets,
+    train,
+    train_phase,
+)
 from pipelines.config import compose_config
 
 
@@ -110,6 +118,21 @@ def test_learning_in_phases_bounded_in_memory_takes_every_update(monkeypatch):
     stats = dqn.learn(online, target, make_optimizer(online, 1e-3, torch.device("cpu")),
                       buffer, 10, cfg, torch.device("cpu"))
     assert sizes == [3, 3, 3, 1] and stats.shape == (10, 2)
+
+
+def test_sample_requests_are_large_enough_to_pay_for_their_round_trip():
+    def steps(**kw):
+        return request_steps(DQNConfig(**kw))
+
+    # In the learner: one training phase's worth, at least one step of every env.
+    assert steps(train_freq=4, envs_per_worker=8) == 8
+    assert steps(train_freq=256) == 256
+    # Per worker: train_freq shared, but at least 32 steps of each env (Pong: 4 -> 128).
+    assert steps(train_freq=4, num_rollout_workers=2, envs_per_worker=4) == 128
+    assert steps(train_freq=256, num_rollout_workers=1) == 256
+    # Set: as asked, and never under one step of each env.
+    assert steps(train_freq=4, num_rollout_workers=2, envs_per_worker=4, rollout_steps=8) == 8
+    assert steps(num_rollout_workers=1, envs_per_worker=8, rollout_steps=3) == 8
 
 
 def best_eval(reporter: MemoryReporter) -> float:
