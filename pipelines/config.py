@@ -28,7 +28,22 @@ from omegaconf.errors import OmegaConfBaseException
 from algos.core.validation import ConfigValueError
 from pipelines import schema
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """conf/ beside the packages (a checkout, or the code shipped to a cluster node), else
+    the copy a non-editable install put in site-packages as the package rlpipe_conf."""
+    beside = Path(__file__).resolve().parent.parent / "conf"
+    if beside.is_dir():
+        return beside
+    import importlib.util
+
+    spec = importlib.util.find_spec("rlpipe_conf")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the project's configs are missing: neither conf/ nor rlpipe_conf")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+CONF_DIR = _conf_dir()
 GROUPS = ("algo", "env", "tracking", "cluster", "experiment", "sweep")
 
 
