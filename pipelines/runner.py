@@ -16,6 +16,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pipelines.cluster import (
+    cluster_tags,
+    join_and_check,
+    running_capacity,
+    start_ray,
+    trial_bundles,
+)
 from pipelines.config import UserError
 from pipelines.schema import ClusterConfig, SweepConfig
 from pipelines.space import SweepPlan, tune_space
@@ -61,32 +68,6 @@ def storage_root(cluster: ClusterConfig) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def start_ray(cluster: ClusterConfig) -> None:
-    """Start a local Ray, or join the cluster at cluster.address."""
-    import os
-
-    import ray
-
-    # Short trials checkpoint at every report by design; Tune's warning about frequent
-    # experiment snapshots is noise for them.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-    common: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "log_to_driver": True,
-    }
-    if cluster.address:
-        try:
-            ray.init(address=cluster.address, **common)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UserError(
-                f"cluster.address={cluster.address}: cannot join a Ray cluster there ({e})"
-            ) from None
-    else:
-        ray.init(num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus, **common)
-
-
 def _searcher(sweep: SweepConfig, search: str, seed: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -109,16 +90,6 @@ def _scheduler(sweep: SweepConfig):
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
     )
-
-
-def trial_bundles(cfg) -> list[dict[str, float]]:
-    """A trial's placement group: the learner's CPUs and GPU share, then one CPU per
-    rollout worker, so Tune packs trials onto the cluster without oversubscribing."""
-    learner = {"CPU": cfg.cluster.cpus_per_trial}
-    if cfg.cluster.gpus_per_trial:
-        learner["GPU"] = cfg.cluster.gpus_per_trial
-    workers = int(getattr(cfg.algo, "num_rollout_workers", 0))
-    return [learner] + [{"CPU": 1.0} for _ in range(workers)]
 
 
 def _trainable(ctx: TrialContext, cluster: ClusterConfig):
@@ -182,8 +153,10 @@ def launch(plan: SweepPlan, kind: str) -> int:
         "cluster": base.container["cluster"],
     }
 
-    # Input is valid: from here on things start, and failures are ours (exit 1).
-    start_ray(cfg.cluster)
+    # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
+    # then on things start, and failures are ours (exit 1).
+    capacity = join_and_check(cfg.cluster, uri, storage, plan.trials)
+    cluster_record = capacity.summary()
     experiment_id = get_or_create_experiment(uri, experiment_name)
     uid = uuid.uuid4().hex[:12]
     commit = git_commit()
@@ -204,10 +177,12 @@ def launch(plan: SweepPlan, kind: str) -> int:
             },
             config=base.container,
         )
+        parent.set_tags(cluster_tags(cluster_record))
+        write_json_artifact(parent, cluster_record, "cluster.json")
     ctx = TrialContext(
         name=name, uid=uid, fixed=plan.fixed, tracking_uri=uri, experiment_id=experiment_id,
         experiment_name=experiment_name, parent_run_id=parent.run_id if parent else None,
-        git_commit=commit, space=plan.space_text, settings=settings,
+        git_commit=commit, space=plan.space_text, settings=settings, cluster=cluster_record,
     )
     if "://" not in storage:
         (Path(storage) / name).mkdir(parents=True, exist_ok=True)
@@ -251,7 +226,8 @@ def resume(name: str, cluster: ClusterConfig) -> int:
     if not tune.Tuner.can_restore(str(path)):
         raise UserError(f"resume={name}: {path} holds no Tune state to resume from")
     saved_cluster = ClusterConfig(**ctx.settings["cluster"])
-    start_ray(cluster if cluster.address else saved_cluster)
+    start_ray(cluster if cluster.address else saved_cluster, ctx.tracking_uri)
+    ctx.cluster = running_capacity(cluster.address or saved_cluster.address).summary()
     parent = None
     if ctx.parent_run_id:
         parent = RunLogger(ctx.tracking_uri, ctx.parent_run_id, 0)

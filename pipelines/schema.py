@@ -35,9 +35,14 @@ class TrackingConfig:
     consecutive episodes are averaged, each point stepped at its last episode's end.
     0 keeps every episode (MLflow's sqlite store slows as a run's points grow)."""
 
+    system_metrics_every_s: float = 5.0
+    """Seconds between samples of MLflow's system metrics (CPU, memory, GPU utilization and
+    memory) in each trial's run; 0: none."""
+
     def __post_init__(self) -> None:
         v.at_least(self, "flush_every_s", 0.0)
         v.at_least(self, "max_points_per_report", 0)
+        v.at_least(self, "system_metrics_every_s", 0.0)
 
 
 @dataclass
@@ -45,13 +50,20 @@ class ClusterConfig:
     """The Ray cluster and what one trial reserves on it."""
 
     kind: str = "local"
-    """local (start Ray here) or remote (join the cluster at `address`)."""
+    """local (start a Ray of its own here) or remote (join the cluster at `address`)."""
     address: str | None = None
-    """null starts a local Ray; host:port (or 'auto') joins a running cluster."""
+    """cluster=remote: host:port of the Ray head (its GCS port), or 'auto' on a node."""
     num_cpus: int | None = None
-    """CPUs of a local Ray (null: all of this machine's)."""
+    """cluster=local: CPUs of the local Ray (null: all of this machine's). More than the
+    machine has oversubscribes it on purpose."""
     num_gpus: int | None = None
-    """GPUs of a local Ray (null: all of this machine's)."""
+    """cluster=local: GPUs of the local Ray (null: all of this machine's)."""
+    runtime_env: bool = False
+    """cluster=remote: ship this project's code to every node with Ray's runtime
+    environment (on for a bare cluster; off when the nodes run the project's image)."""
+    autoscaling: bool = False
+    """cluster=remote: an autoscaler adds nodes, so a trial larger than today's nodes may
+    still be placed (the check that refuses such trials is skipped)."""
     cpus_per_trial: float = 1.0
     """CPUs one trial's learner reserves."""
     gpus_per_trial: float = 0.0
@@ -74,11 +86,28 @@ class ClusterConfig:
                 "address", self.address, "required with cluster=remote: host:port of the Ray "
                 "head (or auto on a node of the cluster)"
             )
+        if self.kind == "local":
+            if self.address:
+                raise v.ConfigValueError(
+                    "address", self.address, "only with cluster=remote (cluster=local always "
+                    "starts a Ray of its own)")
+            for key in ("runtime_env", "autoscaling"):
+                if getattr(self, key):
+                    raise v.ConfigValueError(key, True, "only with cluster=remote")
+        else:
+            for key in ("num_cpus", "num_gpus"):
+                if getattr(self, key) is not None:
+                    raise v.ConfigValueError(
+                        key, getattr(self, key), "only with cluster=local (a remote "
+                        "cluster's nodes declare their own resources)")
         for key in ("num_cpus", "num_gpus"):
             if getattr(self, key) is not None:
                 v.at_least(self, key, 0 if key == "num_gpus" else 1)
         v.at_least(self, "cpus_per_trial", 0.0)
         v.at_least(self, "gpus_per_trial", 0.0)
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise v.ConfigValueError("gpus_per_trial", self.gpus_per_trial,
+                                     "a share of one GPU (<= 1) or a whole number of GPUs")
         v.at_least(self, "max_failures", 0)
         v.at_least(self, "checkpoint_every_s", 0.0)
         if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:

@@ -61,6 +61,9 @@ class SweepPlan:
     dims: list[Dimension]
     base: Composed
     space_text: dict[str, str] = field(default_factory=dict)
+    trials: list[tuple[tuple[str, ...], Composed]] = field(default_factory=list)
+    """The validated trial configs with the overrides that make each: every combination,
+    or past FULL_CHECK_LIMIT every value of each dimension (the others at their first)."""
 
     @property
     def size(self) -> int | None:
@@ -140,9 +143,9 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
             current = _lookup(without, d.key)
             d.integer = isinstance(current, int) and not isinstance(current, bool)
     base = load(fixed + [d.first() for d in dims])
-    _validate_space(fixed, dims)
+    trials = _validate_space(fixed, dims)
     space_text = {d.key: d.expression for d in dims}
-    return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text)
+    return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text, trials=trials)
 
 
 def _points(d: Dimension) -> list[str]:
@@ -151,9 +154,12 @@ def _points(d: Dimension) -> list[str]:
     return [d.override(d.low), d.override(d.high)]
 
 
-def _validate_space(fixed: list[str], dims: list[Dimension]) -> None:
+def _validate_space(
+    fixed: list[str], dims: list[Dimension]
+) -> list[tuple[tuple[str, ...], Composed]]:
     """Compose and check every combination (or, past FULL_CHECK_LIMIT, every value of each
-    dimension with the others at their first value); name the first that fails."""
+    dimension with the others at their first value); name the first that fails. Returns
+    the composed trials."""
     per_dim = [_points(d) for d in dims]
     total = 1
     for p in per_dim:
@@ -166,12 +172,14 @@ def _validate_space(fixed: list[str], dims: list[Dimension]) -> None:
             tuple(firsts[:i] + [value] + firsts[i + 1:])
             for i, p in enumerate(per_dim) for value in p
         )
+    trials = []
     for combo in combos:
         try:
-            load(fixed + list(combo))
+            trials.append((tuple(combo), load(fixed + list(combo))))
         except UserError as e:
             where = " ".join(combo)
             raise UserError(f"{e} (in the trial {where})" if where else str(e)) from None
+    return trials
 
 
 def tune_space(plan: SweepPlan, search: str) -> dict[str, Any]:

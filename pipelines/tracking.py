@@ -257,6 +257,51 @@ class RunLogger:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def start_system_metrics(logger: RunLogger, every_s: float, resume: bool = False):
+    """MLflow's system-metrics monitor on the run (CPU, memory, disk, network, and GPU
+    utilization and memory where NVML sees a GPU), sampled every `every_s` seconds, its
+    steps continued after a restart; None when every_s is 0."""
+    if not every_s:
+        return None
+    import logging
+
+    import psutil
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # Its start, stop and "no GPU" lines are INFO: keep the trial's log for what matters.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # psutil measures CPU use per calling thread, since that thread's previous call: start
+    # the clock of this thread, which takes the last sample (stop_system_metrics).
+    psutil.cpu_percent()
+    monitor = SystemMetricsMonitor(logger.run_id, sampling_interval=every_s,
+                                   resume_logging=resume, tracking_uri=logger.uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the monitor, then log one last sample over its unfinished interval, so that a
+    run shorter than one interval still has a point (call it before the run is marked
+    finished: the monitor logs only into a RUNNING run), from the thread that started it.
+    The interval's pending sample is dropped: taken at its start, it read CPU use since
+    the sample before (or 0 at a run's first)."""
+    if monitor is None:
+        return
+    monitor.finish()
+    try:
+        for m in monitor.monitors:
+            m.clear_metrics()
+        monitor.collect_metrics()
+        pending = monitor.aggregate_metrics()
+        if pending:
+            monitor.publish_metrics(pending)
+            monitor.mlflow_logger.flush()
+    except Exception as e:  # a missing last sample must not fail a finished trial
+        import logging
+
+        logging.getLogger("rlpipe").warning("last system-metrics sample not logged: %s", e)
+
+
 def set_run_status(uri: str, run_id: str, status: str, only_if_running: bool = True) -> None:
     """Set a run's status from outside its process (the driver's view of a trial)."""
     client = _client(uri)

@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from algos.core.networks import resolve_device
 from algos.registry import get_algorithm
+from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, flat_params, load
 from pipelines.models import log_model
-from pipelines.tracking import RunLogger
+from pipelines.tracking import RunLogger, start_system_metrics, stop_system_metrics
 
 STATE_FILE = "state.pkl"
 
@@ -42,6 +44,9 @@ class TrialContext:
     """The swept keys and their expressions, as written."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The sweep settings (search, metric, mode, ...), for a resume to rebuild the Tuner."""
+    cluster: dict[str, Any] = field(default_factory=dict)
+    """The cluster the run started on (Capacity.summary()): recorded on the parent run, or
+    on a train run's own run."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
@@ -193,12 +198,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
     logger = open_run(ctx, composed, trial_id)
+    # Where it runs (a retry may run elsewhere: the tags say where it ran last).
+    where = node_tags()
+    if getattr(cfg.algo, "device", None):
+        where["learner.device"] = str(resolve_device(cfg.algo.device))
+    if not ctx.parent_run_id and ctx.cluster:
+        where.update(cluster_tags(ctx.cluster))
+    logger.set_tags(where)
     checkpoint = tune.get_checkpoint()
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_state(folder)
         logger.set_tags({"rlpipe.restored_from": checkpoint.path})
+    monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
+                                   resume=checkpoint is not None)
     reporter = TrialReporter(
         logger,
         cfg.cluster.checkpoint_every_s,
@@ -212,11 +226,14 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.
         reporter.flush()
+        stop_system_metrics(monitor)
         logger.set_tags({"tune.stopped_early": "true"})
         logger.finish("FINISHED")
         raise
     except BaseException:
         reporter.flush()
+        stop_system_metrics(monitor)
         logger.finish("FAILED")
         raise
+    stop_system_metrics(monitor)
     logger.finish("FINISHED")

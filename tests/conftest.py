@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ray_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,26 +47,29 @@ def cli_env(ray_tmp: Path) -> dict[str, str]:
     return env
 
 
-def run_cli(module: str, args: list[str], cwd: Path, timeout: float = 600) -> CliResult:
-    """python -m <module> <args> in `cwd`, as a user would run it."""
+def run_cli(
+    module: str, args: list[str], cwd: Path, timeout: float = 600,
+    env: dict[str, str] | None = None, recorded_address: str | None = None,
+) -> CliResult:
+    """python -m <module> <args> in `cwd`, as a user would run it; `env` adds to its
+    environment; `recorded_address` is written where `ray start` records its cluster."""
     # Ray's socket paths must stay under 107 bytes: keep its folder short.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    record = ray_tmp / "ray" / "ray_current_cluster"
+    if recorded_address:
+        record.parent.mkdir()
+        record.write_text(recorded_address)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", module, *args],
-            cwd=cwd, env=cli_env(ray_tmp), capture_output=True, text=True, timeout=timeout,
+            cwd=cwd, env={**cli_env(ray_tmp), **(env or {})}, capture_output=True, text=True,
+            timeout=timeout,
         )
-        started = any(ray_tmp.iterdir())
+        started = any(p != record.parent for p in ray_tmp.iterdir()) or any(
+            p != record for p in record.parent.glob("*"))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd, started)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

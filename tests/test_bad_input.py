@@ -33,6 +33,19 @@ CASES = [
     (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),
     (TRAIN, ["cluster.cpus_per_trial=-1"], ["cluster.cpus_per_trial", ">= 0"]),
     (TRAIN, ["--bogus"], ["--bogus", "unknown flag"]),
+    (TRAIN, ["cluster.address=127.0.0.1:6379"], ["cluster.address", "only with cluster=remote"]),
+    (TRAIN, ["cluster=remote", "cluster.address=h:1", "cluster.num_cpus=4"],
+     ["cluster.num_cpus=4", "only with cluster=local"]),
+    (TRAIN, ["cluster.gpus_per_trial=1.5"], ["cluster.gpus_per_trial=1.5", "whole number"]),
+    # Trials no cluster could ever hold: refused before Ray starts, never left PENDING.
+    (TRAIN, ["algo=dqn", "env=cartpole", "algo.num_rollout_workers=64"],
+     ["algo.num_rollout_workers=64 with cluster.cpus_per_trial=1", "needs 65 CPUs",
+      "cluster.num_cpus=65"]),
+    (TRAIN, ["experiment=pong_dqn", "cluster.num_cpus=2"],
+     ["algo.num_rollout_workers=2", "needs 3 CPUs", "cluster.num_cpus=2 has 2",
+      "cluster.num_cpus=3 to oversubscribe"]),
+    (TRAIN, ["algo=dqn", "env=cartpole", "cluster.num_gpus=0", "cluster.gpus_per_trial=1"],
+     ["cluster.gpus_per_trial=1", "needs 1 GPU", "has 0 GPUs", "cluster.gpus_per_trial=0"]),
     (EVALUATE, [], ["evaluate.run_id", "required"]),
     (EVALUATE, ["evaluate.run_id=abc"], ["tracking.uri=sqlite:///", "no MLflow store"]),
     (EVALUATE, ["evaluate.run_id=abc", "evaluate.episodes=0"], ["evaluate.episodes", "> 0"]),
@@ -49,6 +62,8 @@ CASES = [
     (SWEEP, ["resume=no-such-sweep"], ["resume=no-such-sweep", "no sweep of that name"]),
     (SWEEP, ["algo.lr=interval(1,0)"], ["algo.lr", "low < high"]),
     (SWEEP, ["sweep.params.algo.lr=interval(1,0)"], ["sweep.params", "cannot be swept"]),
+    (SWEEP, ["algo=dqn", "env=cartpole", "algo.num_rollout_workers=0,64"],
+     ["needs 65 CPUs", "(in the trial algo.num_rollout_workers=64)"]),
 ]
 
 

@@ -61,6 +61,8 @@ def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "swee
         for name in ("eval/mean_return", "eval/std_return", "loss/td", "train/epsilon",
                      "train/q_mean", "perf/env_steps_per_s", "perf/updates_per_s"):
             assert name in child.data.metrics, name
+        assert tags["ray.node_id"] and tags["ray.node_ip"] and tags["host"]  # where it ran
+        assert "system/cpu_utilization_percentage" in child.data.metrics
         top = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "model"} <= top
         model = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
@@ -70,6 +72,8 @@ def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "swee
     assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
     assert {"best.algo.lr", "best.seed"} <= set(parent.data.tags)
     assert parent.data.params["space.algo.lr"] == "0.5,0.9"
+    # The cluster it ran on: the local Ray of cluster.num_cpus=2.
+    assert (parent.data.tags["cluster.nodes"], parent.data.tags["cluster.cpus"]) == ("1", "2")
     assert "workflowType=machine_learning" in result.last_line
     assert f"#/experiments/{exp.experiment_id}/runs" in result.last_line
 
@@ -123,6 +127,9 @@ def test_train_is_one_run_without_a_parent(workdir):
     assert run.info.status == "FINISHED" and run.data.tags["seed"] == "5"
     assert run.data.metrics["eval/mean_return"] == 1.0
     assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # Without a parent, the run itself records the cluster and where it ran.
+    assert (run.data.tags["cluster.nodes"], run.data.tags["cluster.cpus"]) == ("1", "2")
+    assert run.data.tags["ray.node_id"] and run.data.tags["host"]
     assert "workflowType=machine_learning" in result.last_line
 
 

@@ -50,6 +50,9 @@ def ensure_registered(env_id: str) -> None:
     elif env_id.startswith("ALE/"):
         import ale_py
 
+        # The emulator's banner ("A.L.E: Arcade Learning Environment ...") goes to stderr
+        # at every env it makes: keep errors only, so bad input stays one line.
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         gym.register_envs(ale_py)
 
 

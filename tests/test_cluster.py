@@ -1,0 +1,139 @@
+"""Clusters, with real processes on this machine: multi-node Ray clusters started with
+`ray start` (token authentication on), one node without the project, a node killed
+mid-sweep, a real MLflow server; and the refusals of trials no cluster could hold."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import cli_env, run_cli
+from tests.ray_cluster import LocalCluster
+from tests.test_pipeline import runs_of
+
+TAXI = ["experiment=taxi_course", "algo.episodes=4000", "algo.report_every=500"]
+
+
+@pytest.fixture(scope="module")
+def two_hosts():
+    """A head (1 CPU) and a node (1 CPU) that Ray sees on another host (127.0.0.2), run
+    from its own directory by a Python that cannot import the project."""
+    with LocalCluster(head_cpus=1) as cluster:
+        cluster.add_node("bare", num_cpus=1, ip="127.0.0.2", bare=True)
+        yield cluster
+
+
+def remote(cluster: LocalCluster) -> list[str]:
+    return ["cluster=remote", f"cluster.address={cluster.address}"]
+
+
+def test_a_sweep_runs_on_both_hosts_and_ships_the_code_to_the_bare_node(
+    two_hosts, mlflow_server, workdir
+):
+    bare = subprocess.run([str(two_hosts.bare_python), "-c", "import algos"],
+                          capture_output=True, cwd=two_hosts.dir)
+    assert bare.returncode != 0, "the bare node's Python imports the project"
+    result = run_cli("pipelines.sweep", [
+        *TAXI, "seed=range(0,4)", *remote(two_hosts), f"tracking.uri={mlflow_server}",
+        "tracking.experiment=two-hosts", "sweep.name=two-hosts",
+    ], workdir, env=two_hosts.env, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "is a local path on a cluster of 2 hosts" in result.stderr
+    client = MlflowClient(mlflow_server)
+    _, parents, children = runs_of(client, "two-hosts")
+    assert len(parents) == 1 and len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    ips = Counter(c.data.tags["ray.node_ip"] for c in children)
+    assert "127.0.0.2" in ips and len(ips) == 2, ips
+    assert all(c.data.tags["host"] and c.data.tags["ray.node_id"] for c in children)
+    assert all("system/cpu_utilization_percentage" in c.data.metrics for c in children)
+    tags = parents[0].data.tags
+    assert (tags["cluster.nodes"], tags["cluster.hosts"], tags["cluster.cpus"]) == ("2", "2", "2")
+    assert "cluster.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+REFUSED = [
+    (["algo=dqn", "env=cartpole", "algo.num_rollout_workers=2"],
+     ["algo.num_rollout_workers=2 with cluster.cpus_per_trial=1", "needs 3 CPUs",
+      "offers 2 (2 nodes: 1 + 1 CPUs)", "cluster.autoscaling=true"]),
+    (["algo=dqn", "env=cartpole", "cluster.gpus_per_trial=0.5"],
+     ["cluster.gpus_per_trial=0.5", "at most 0 GPUs on one node", "cluster.gpus_per_trial=0"]),
+    (["experiment=taxi_course"],
+     ["tracking.uri=sqlite:///", "span 2 hosts", "127.0.0.2", "tracking.uri=http://"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", REFUSED, ids=["cpus", "gpus", "sqlite"])
+def test_what_a_cluster_cannot_run_is_refused_before_any_trial(
+    two_hosts, mlflow_server, workdir, args, expected
+):
+    tracking = [] if "sqlite" in expected[0] else [f"tracking.uri={mlflow_server}",
+                                                  "tracking.experiment=refused"]
+    result = run_cli("pipelines.train", [*args, *remote(two_hosts), *tracking], workdir,
+                     env=two_hosts.env, timeout=200)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "ray_results").exists()
+    assert MlflowClient(mlflow_server).get_experiment_by_name("refused") is None
+
+
+def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir):
+    with LocalCluster(head_cpus=1) as cluster:
+        cluster.add_node("victim", num_cpus=1)
+        victim = cluster.node_ids()["victim"]
+        # Trials of about 10 s, 20 reports each, every report checkpointed and written.
+        args = ["experiment=taxi_course", "algo.episodes=100000", "algo.report_every=5000",
+                "seed=range(0,4)", *remote(cluster), "cluster.checkpoint_every_s=0",
+                "tracking.flush_every_s=0", "sweep.name=victim"]
+        env = {**cli_env(cluster.dir / "driver"), **cluster.env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+        deadline = time.time() + 240
+        killed = None
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                _, _, children = runs_of(client, "sweeps")
+            except Exception:  # the store or the experiment is not there yet
+                continue
+            for c in children:
+                on_victim = c.data.tags.get("ray.node_id") == victim
+                if on_victim and len(client.get_metric_history(c.info.run_id,
+                                                               "eval/score")) >= 2:
+                    cluster.kill_node("victim")
+                    killed = c.data.tags["tune.trial_id"]
+                    break
+        out, _ = proc.communicate(timeout=400)
+    assert killed, "no trial was seen running on the victim node:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-4000:]
+    _, parents, children = runs_of(client, "sweeps")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["tune.trial_id"] for c in children) == sorted(
+        {c.data.tags["tune.trial_id"] for c in children}) and len(children) == 4
+    for c in children:
+        assert c.info.status == "FINISHED", c.data.tags
+        for name in ("eval/score", "train/env_steps", "train/episode_return"):
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, name)]
+            assert len(steps) == len(set(steps)), (name, c.data.tags["tune.trial_id"])
+        assert len(client.get_metric_history(c.info.run_id, "eval/score")) == 20
+    moved = next(c for c in children if c.data.tags["tune.trial_id"] == killed)
+    assert "rlpipe.restored_from" in moved.data.tags
+    assert moved.data.tags["ray.node_id"] != victim
+
+
+def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir):
+    result = run_cli("pipelines.train", ["experiment=frozenlake_course", "algo.episodes=300"],
+                     workdir, recorded_address="127.0.0.1:1", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.ray_started
