@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import UserError
+from pipelines.config import ROOT, UserError
 from pipelines.schema import ClusterConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("rlpipe")
 
 FORWARDED_ENV = (

@@ -28,11 +28,15 @@ from omegaconf.errors import OmegaConfBaseException
 from algos.core.validation import ConfigValueError
 from pipelines import schema
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The folder that holds the packages: a checkout (or the code shipped to a cluster node),
+or site-packages."""
+
 
 def _conf_dir() -> Path:
     """conf/ beside the packages (a checkout, or the code shipped to a cluster node), else
     the copy a non-editable install put in site-packages as the package rlpipe_conf."""
-    beside = Path(__file__).resolve().parent.parent / "conf"
+    beside = ROOT / "conf"
     if beside.is_dir():
         return beside
     import importlib.util

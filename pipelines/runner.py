@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pipelines.cluster import (
     start_ray,
     trial_bundles,
 )
-from pipelines.config import UserError
+from pipelines.config import ROOT, UserError
 from pipelines.schema import ClusterConfig, SweepConfig
 from pipelines.space import SweepPlan, tune_space
 from pipelines.tracking import (
@@ -38,14 +39,14 @@ from pipelines.tracking import (
 )
 from pipelines.trial import TrialContext, run_key, run_trial, trial_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTEXT_FILE = "rlpipe.json"
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl+C
 log = logging.getLogger("rlpipe")
 
 
 def git_commit() -> str:
-    """The commit of the code being run, or 'unknown' outside a git checkout."""
+    """The commit of the code being run: the checkout's, else RLPIPE_GIT_COMMIT (the
+    project's image records its build's), else 'unknown'."""
     try:
         out = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
@@ -57,7 +58,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("RLPIPE_GIT_COMMIT", "unknown")
 
 
 def storage_root(cluster: ClusterConfig) -> str:
