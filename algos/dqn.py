@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.core import validation as v
+from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig, make_env
 from algos.core.evaluation import play_episodes
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
@@ -97,6 +98,13 @@ class DQNConfig:
     gradient_steps per train_freq env steps of whatever arrives."""
     device: str = "auto"
     """Learner device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
+    replay_device: str = "learner"
+    """Where the frame memory keeps its frames: learner (the learner's device: on a GPU,
+    minibatches are gathered there and only indices cross the bus; 7 GB of GPU memory per
+    1M Atari transitions), or cpu (host memory)."""
+    cuda_graph: bool = True
+    """On CUDA, replay each gradient step as one captured CUDA graph (one launch instead
+    of dozens: a small network's update is paced by kernel launches, not by the GPU)."""
     eval_episodes: int = 10
     """Greedy evaluation episodes."""
     eval_every: int = 10_000
@@ -126,6 +134,7 @@ class DQNConfig:
             raise v.ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
             raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
+        v.one_of(self, "replay_device", ("cpu", "learner"))
 
 
 @dataclass
@@ -171,37 +180,76 @@ def dqn_loss(
     return error, q
 
 
+def sgd_step(
+    online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, cfg: DQNConfig,
+    obs: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor | None = None,
+    rewards: torch.Tensor | None = None, next_obs: torch.Tensor | None = None,
+    terminated: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One gradient step on a minibatch (with its targets, or the rest of the transition to
+    compute them from): the (loss, mean Q(s, a)) it took, as a tensor (no device sync)."""
+    batch = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
+             "terminated": terminated}
+    loss, q = dqn_loss(online, target, batch, cfg.gamma, cfg.double, cfg.loss, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(online.parameters(), cfg.max_grad_norm, foreach=True)
+    optimizer.step()
+    return torch.stack((loss.detach(), q.detach().mean()))
+
+
+def step_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor | None,
+                double: bool) -> dict[str, torch.Tensor]:
+    """sgd_step's inputs: DQN's precomputed targets, or what Double DQN computes them from."""
+    if not double:
+        return {"obs": batch["obs"], "actions": batch["actions"], "targets": targets}
+    return {k: batch[k] for k in ("obs", "actions", "rewards", "next_obs", "terminated")}
+
+
+def capture_step(online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: DQNConfig, obs_space, device: torch.device) -> GraphedStep:
+    """sgd_step captured as a CUDA graph for minibatches of obs_space observations."""
+    b = cfg.batch_size
+    obs = torch.zeros((b, *obs_space.shape), device=device,
+                      dtype=torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype)
+    example = {"obs": obs, "actions": torch.zeros(b, dtype=torch.int64, device=device),
+               "rewards": torch.zeros(b, device=device), "next_obs": obs.clone(),
+               "terminated": torch.zeros(b, dtype=torch.bool, device=device)}
+    example = step_inputs(example, torch.zeros(b, device=device), cfg.double)
+    return GraphedStep(lambda **inputs: sgd_step(online, target, optimizer, cfg, **inputs),
+                       example, [online], optimizer)
+
+
 def train_phase(
     online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
     phase: Mapping[str, torch.Tensor], n_updates: int, cfg: DQNConfig,
+    graphed: GraphedStep | None = None,
 ) -> torch.Tensor:
     """`n_updates` gradient steps, step k on rows [k * batch_size, (k + 1) * batch_size) of
     `phase`: a (n_updates, 2) tensor of each step's loss and mean Q(s, a) (no device sync).
+    With `graphed` (capture_step), each step is one CUDA graph replay.
 
     The target network does not change within a phase, so DQN's targets come from one
     forward pass over the whole phase, the same values as step by step. Double DQN's
     depend on the online network, which every step changes: they are computed per step."""
     b = cfg.batch_size
     targets = None if cfg.double else td_targets(online, target, phase, cfg.gamma, False)
-    params = [p for p in online.parameters() if p.requires_grad]
     out = []
     for k in range(n_updates):
         rows = slice(k * b, (k + 1) * b)
         batch = {key: t[rows] for key, t in phase.items()}
-        loss, q = dqn_loss(online, target, batch, cfg.gamma, cfg.double, cfg.loss,
-                           None if targets is None else targets[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-        optimizer.step()
-        out.append(torch.stack((loss.detach(), q.detach().mean())))
+        inputs = step_inputs(batch, None if targets is None else targets[rows], cfg.double)
+        if graphed is None:
+            out.append(sgd_step(online, target, optimizer, cfg, **inputs))
+        else:
+            out.append(graphed(**inputs).clone())
     return torch.stack(out)
 
 
 def learn(
     online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, buffer,
-    n_updates: int, cfg: DQNConfig, device: torch.device,
+    n_updates: int, cfg: DQNConfig, device: torch.device, graphed: GraphedStep | None = None,
 ) -> torch.Tensor:
     """`n_updates` gradient steps on minibatches from the replay memory, drawn a phase at
     a time (the memory does not change within a phase, so this is the same distribution
@@ -213,15 +261,21 @@ def learn(
     for first in range(0, n_updates, most):
         n = min(most, n_updates - first)
         phase = to_tensors(buffer.sample(cfg.batch_size * n), device, cfg.clip_rewards)
-        out.append(train_phase(online, target, optimizer, phase, n, cfg))
+        out.append(train_phase(online, target, optimizer, phase, n, cfg, graphed))
     return torch.cat(out)
 
 
-def make_optimizer(net: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+def uses_cuda_graph(cfg: DQNConfig, device: torch.device) -> bool:
+    """Whether the learner replays its steps as CUDA graphs."""
+    return cfg.cuda_graph and device.type == "cuda"
+
+
+def make_optimizer(net: nn.Module, lr: float, device: torch.device,
+                   capturable: bool = False) -> torch.optim.Adam:
     """Adam with its fused kernel where PyTorch has one (CPU and CUDA): one kernel per
-    step for all parameters (foreach elsewhere)."""
+    step for all parameters (foreach elsewhere); capturable for a CUDA graph."""
     if device.type in ("cpu", "cuda"):
-        return torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(net.parameters(), lr=lr, fused=True, capturable=capturable)
     return torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
 
 
@@ -285,11 +339,15 @@ def evaluate(
         net.train()
 
 
-def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int):
-    """The replay memory suited to the observations."""
+def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int,
+                device: torch.device | None = None):
+    """The replay memory suited to the observations (frames on `device` with
+    replay_device=learner)."""
     if cfg.frame_memory and is_image(obs_space):
+        where = device if cfg.replay_device == "learner" else None
         return FrameReplayBuffer(cfg.buffer_size, obs_space.shape[1:],
-                                 stack=obs_space.shape[0], n_envs=n_envs, seed=seed)
+                                 stack=obs_space.shape[0], n_envs=n_envs, seed=seed,
+                                 device=where)
     return ReplayBuffer(cfg.buffer_size, obs_space.shape, obs_space.dtype, n_envs=n_envs,
                         seed=seed)
 
@@ -365,9 +423,11 @@ def train(
     factory = network_factory(cfg)
     online = factory(sampler.obs_space, sampler.action_space).to(device)
     target = copy.deepcopy(online)
-    optimizer = make_optimizer(online, cfg.lr, device)
+    graphs = uses_cuda_graph(cfg, device)
+    optimizer = make_optimizer(online, cfg.lr, device, capturable=graphs)
     n_envs = max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
-    buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed)
+    buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed, device)
+    graphed = None
     env_steps = updates = last_sync = 0
     next_eval = cfg.eval_every
     if state is not None:
@@ -414,9 +474,12 @@ def train(
                 owed += batch["steps"] * updates_per_step
                 n_updates = int(owed)
                 owed -= n_updates
+                if n_updates and graphs and graphed is None:
+                    graphed = capture_step(online, target, optimizer, cfg, sampler.obs_space,
+                                           device)
                 if n_updates:
                     stats_sum = stats_sum + learn(online, target, optimizer, buffer,
-                                                  n_updates, cfg, device).sum(0)
+                                                  n_updates, cfg, device, graphed).sum(0)
                 updates += n_updates
                 updates_since += n_updates
                 if n_updates:

@@ -2,12 +2,15 @@
 
 algos.dqn.train with experiment=pong_dqn's settings (Nature CNN, batch 32, one update per
 4 env steps, frame memory, rollout workers on Ray), shortened: a 100,000-transition
-memory, --learning-starts steps of sampling only, then --steps of learning, reporting
-every --learning-starts steps: each report's env steps/s and learner updates/s (the
+memory, --learning-starts steps of sampling only (reported twice: the first report holds
+the workers' start-up, the second is the workers' steady rate), then --steps of learning
+reported every --report-every steps: each report's env steps/s and learner updates/s (the
 evaluation after each report is not counted). On a GPU machine this is the one script
-to run: the learner takes CUDA when there is one (--device auto).
+to run: the learner takes CUDA when there is one (--device auto), with its frames in GPU
+memory (--replay-device learner) and its steps as CUDA graphs unless --no-cuda-graph.
 Usage: python -m benchmarks.pong_dqn_throughput [--steps 20000] [--learning-starts 10000]
        [--workers 2] [--envs-per-worker 4] [--rollout-steps N] [--device auto]
+       [--replay-device cpu|learner] [--no-cuda-graph] [--name pong_dqn_throughput]
 """
 
 from __future__ import annotations
@@ -34,36 +37,54 @@ def main() -> None:
     parser.add_argument("--rollout-steps", type=int, default=None,
                         help="env steps per worker request (default: the experiment's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--replay-device", default=None, choices=("cpu", "learner"),
+                        help="where the frames live (default: the experiment's)")
+    parser.add_argument("--no-cuda-graph", action="store_true")
+    parser.add_argument("--report-every", type=int, default=None,
+                        help="env steps between learning reports (default: --steps / 4)")
+    parser.add_argument("--name", default="pong_dqn_throughput", help="results file name")
     args = parser.parse_args()
     import ray
 
     start = args.learning_starts
-    cfg = compose_config([
+    # Reports every `every` env steps: with the defaults two while only sampling (the first
+    # with the workers' start-up), then four while learning.
+    every = args.report_every or max(1, args.steps // 4)
+    overrides = [
         "experiment=pong_dqn", f"algo.total_steps={start + args.steps}",
         "algo.buffer_size=100000", f"algo.learning_starts={start}",
-        f"algo.eval_every={start}", "algo.eval_episodes=1",
+        f"algo.eval_every={every}", "algo.eval_episodes=1",
         f"algo.num_rollout_workers={args.workers}",
         f"algo.envs_per_worker={args.envs_per_worker}", f"algo.device={args.device}",
         "env.max_episode_frames=4000",  # a short evaluation episode
-    ] + ([] if args.rollout_steps is None else [f"algo.rollout_steps={args.rollout_steps}"])
-    ).cfg
-    ray.init(num_cpus=max(os.cpu_count() or 1, args.workers + 1), include_dashboard=False,
-             logging_level="ERROR")
+        f"algo.cuda_graph={not args.no_cuda_graph}",
+    ]
+    if args.rollout_steps is not None:
+        overrides.append(f"algo.rollout_steps={args.rollout_steps}")
+    if args.replay_device:
+        overrides.append(f"algo.replay_device={args.replay_device}")
+    cfg = compose_config(overrides).cfg
     reporter = MemoryReporter()
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.workers + 1),
+             include_dashboard=False, logging_level="ERROR")
     try:
         train(cfg.algo, cfg.env, seed=0, reporter=reporter)
     finally:
         ray.shutdown()
     device = resolve_device(args.device)
-    rows, data = [], {"device": str(device), "args": vars(args), "reports": reporter.reports}
-    for i, r in enumerate(reporter.reports):
-        phase = "sampling only (and worker start-up)" if i == 0 else "learning"
+    algo = cfg.algo
+    rows, data = [], {"device": str(device), "args": vars(args), "reports": reporter.reports,
+                      "replay_device": algo.replay_device, "cuda_graph": algo.cuda_graph}
+    for r in reporter.reports:
+        phase = ("learning" if r["perf/updates_per_s"] > 0 else
+                 "sampling only, start-up" if r is reporter.reports[0] else "sampling only")
         rows.append([r["step"], phase, r["perf/env_steps_per_s"], r["perf/updates_per_s"]])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"Pong DQN on {name} ({device}), {args.workers} rollout workers x "
-          f"{args.envs_per_worker} envs, {os.cpu_count()} CPUs")
+          f"{args.envs_per_worker} envs, {os.cpu_count()} CPUs, frames on "
+          f"{algo.replay_device}, CUDA graph {algo.cuda_graph and device.type == 'cuda'}")
     print(table(["env steps at report", "phase", "env steps/s", "updates/s"], rows))
-    print(f"written to {write('pong_dqn_throughput', data)}")
+    print(f"written to {write(args.name, data)}")
 
 
 if __name__ == "__main__":

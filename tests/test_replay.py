@@ -212,3 +212,30 @@ def test_frame_memory_samples_every_valid_transition_equally_often():
     expected = n / ids.size
     assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), (counts.min(),
                                                                      counts.max(), expected)
+
+
+def check_frame_memory_on(device) -> None:
+    """Frames in a torch tensor on `device` sample, save and restore exactly what the
+    numpy memory does with the same seed."""
+    import torch
+
+    stream = make_stream(n_envs=2, steps=400, seed=3)
+    host = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, seed=7)
+    there = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, seed=7, device=device)
+    feed(host, stream)
+    feed(there, stream)
+    assert there.nbytes == host.nbytes and there.obs_nbytes == host.obs_nbytes
+    for _ in range(3):
+        a, b = host.sample(64), there.sample(64)
+        assert b.obs.device.type == torch.device(device).type
+        assert np.array_equal(a.obs, b.obs.cpu().numpy())
+        assert np.array_equal(a.next_obs, b.next_obs.cpu().numpy())
+        assert np.array_equal(a.actions, b.actions) and np.array_equal(a.rewards, b.rewards)
+    restored = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, device=device)
+    restored.load_state_dict(there.state_dict())
+    assert torch.equal(restored.frames, there.frames)
+    assert np.array_equal(restored.count, there.count)
+
+
+def test_frames_in_a_torch_tensor_sample_what_the_numpy_memory_does():
+    check_frame_memory_on("cpu")

@@ -150,6 +150,22 @@ class ReplayBuffer:
         self.rng.bit_generator.state = state["rng"]
 
 
+def check_fits_on(device, nbytes: int, what: str) -> None:
+    """check_fits for host memory, or for a CUDA device's free memory."""
+    if device is None or str(device) == "cpu":
+        check_fits(nbytes, what)
+        return
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if nbytes > free:
+        raise MemoryError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB on {device} but {free / 2**30:.2f} GiB "
+            "is free there; lower algo.buffer_size or keep it in host memory "
+            "(algo.replay_device=cpu)"
+        )
+
+
 class FrameReplayBuffer:
     """Stacked-frame transitions with each frame stored once (Dopamine's layout).
 
@@ -160,6 +176,10 @@ class FrameReplayBuffer:
     a step slot; its next stack ends one slot later. Within an episode the stack never
     crosses its start (the older frames are stored), and a step is sampled only when all
     its slots are still live: none overwritten by the write cursor, the next one written.
+
+    The frames may live in a torch tensor on `device` (the learner's): on a GPU a minibatch
+    is then gathered there and only its indices cross the bus. The bookkeeping stays in
+    numpy.
     """
 
     def __init__(
@@ -170,16 +190,27 @@ class FrameReplayBuffer:
         n_envs: int = 1,
         seed: int | None = None,
         dtype: np.dtype | type = np.uint8,
+        device=None,
     ) -> None:
         self.n_envs = n_envs
         self.stack = stack
         self.ring = max(stack + 2, capacity // n_envs)
         dtype = np.dtype(dtype)
-        per_slot = int(np.prod(frame_shape)) * dtype.itemsize + 4 + 4 + 1 + 1
-        check_fits(per_slot * self.ring * n_envs,
-                   f"a frame replay memory of {capacity:,} transitions")
+        self.on_device = device is not None  # torch tensors there (the CPU too)
+        frame_bytes = int(np.prod(frame_shape)) * dtype.itemsize
+        what = f"a frame replay memory of {capacity:,} transitions"
         shape = (n_envs, self.ring)
-        self.frames = np.zeros(shape + tuple(frame_shape), dtype=dtype)
+        if self.on_device:
+            import torch
+
+            check_fits_on(device, frame_bytes * self.ring * n_envs, what)
+            check_fits((4 + 4 + 1 + 1) * self.ring * n_envs, what)
+            self.frames = torch.zeros(shape + tuple(frame_shape),
+                                      dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
+                                      device=device)
+        else:
+            check_fits((frame_bytes + 4 + 4 + 1 + 1) * self.ring * n_envs, what)
+            self.frames = np.zeros(shape + tuple(frame_shape), dtype=dtype)
         self.actions = np.zeros(shape, dtype=np.int32)
         self.rewards = np.zeros(shape, dtype=np.float32)
         self.terminated = np.zeros(shape, dtype=np.bool_)
@@ -189,23 +220,31 @@ class FrameReplayBuffer:
         self.rng = np.random.default_rng(seed)
 
     @property
+    def frame_nbytes(self) -> int:
+        """Bytes of one stored frame."""
+        frame = self.frames[0, 0]
+        return frame.nbytes if isinstance(frame, np.ndarray) else (
+            frame.nelement() * frame.element_size())
+
+    @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays."""
-        return sum(a.nbytes for a in (self.frames, self.actions, self.rewards,
-                                      self.terminated, self.is_step))
+        """Bytes held by the arrays (the frames wherever they live)."""
+        return self.frame_nbytes * self.ring * self.n_envs + sum(
+            a.nbytes for a in (self.actions, self.rewards, self.terminated, self.is_step))
 
     @property
     def obs_nbytes(self) -> int:
         """Bytes of one sampled observation (a rebuilt stack)."""
-        return self.stack * self.frames[0, 0].nbytes
+        return self.stack * self.frame_nbytes
 
     def __len__(self) -> int:
         return int(self._valid_mask().sum())
 
     def _write(self, e: int, frame: np.ndarray, step: bool, action: int = 0,
                reward: float = 0.0, terminated: bool = False) -> None:
+        """Write one slot's bookkeeping now and queue its frame for _store_frames."""
         i = self.count[e] % self.ring
-        self.frames[e, i] = frame
+        self._queued.append((e, i, frame))
         self.actions[e, i] = action
         self.rewards[e, i] = reward
         self.terminated[e, i] = terminated
@@ -231,6 +270,35 @@ class FrameReplayBuffer:
         compact = first_frames is not None
         if compact and episode_starts is None:
             raise ValueError("first_frames needs episode_starts")
+        self._queued: list[tuple[int, int, np.ndarray]] = []
+        try:
+            self._add(env_ids, obs, actions, rewards, next_obs, terminated, truncated,
+                      episode_starts, first_frames, compact)
+        finally:
+            self._store_frames(self._queued)
+            self._queued = []
+
+    def _store_frames(self, queued: list[tuple[int, int, np.ndarray]]) -> None:
+        """Write the queued frames in one copy (one transfer to a device); a slot written
+        twice in one batch (a ring smaller than the batch) keeps its last frame."""
+        if not queued:
+            return
+        last = {(e, i): k for k, (e, i, _) in enumerate(queued)}
+        keep = sorted(last.values())
+        env = np.fromiter((queued[k][0] for k in keep), np.int64, len(keep))
+        pos = np.fromiter((queued[k][1] for k in keep), np.int64, len(keep))
+        frames = np.stack([queued[k][2] for k in keep])
+        if self.on_device:
+            import torch
+
+            device = self.frames.device
+            self.frames[torch.from_numpy(env).to(device), torch.from_numpy(pos).to(device)] = (
+                torch.from_numpy(frames).to(device))
+        else:
+            self.frames[env, pos] = frames
+
+    def _add(self, env_ids, obs, actions, rewards, next_obs, terminated, truncated,
+             episode_starts, first_frames, compact) -> None:
         starts_seen = 0
         for k, e in enumerate(np.asarray(env_ids)):
             flagged = episode_starts is not None and bool(episode_starts[k])
@@ -300,13 +368,21 @@ class FrameReplayBuffer:
         return env, pos
 
     def sample(self, batch_size: int) -> Batch:
-        """Uniform over the valid transitions."""
+        """Uniform over the valid transitions (obs and next_obs as tensors on the device
+        when the frames live on one)."""
         if not self.count.any():
             raise ValueError("cannot sample an empty replay memory")
         env, pos = self._pick(batch_size)
         offsets = np.arange(-(self.stack - 1), 2)  # the stack and one more for next_obs
         slots = (pos[:, None] + offsets[None, :]) % self.ring
-        window = self.frames[env[:, None], slots]  # (batch, stack + 1, *frame)
+        if self.on_device:
+            import torch
+
+            device = self.frames.device
+            rows = torch.from_numpy(env[:, None]).to(device, non_blocking=True)
+            window = self.frames[rows, torch.from_numpy(slots).to(device, non_blocking=True)]
+        else:
+            window = self.frames[env[:, None], slots]  # (batch, stack + 1, *frame)
         return Batch(
             obs=window[:, :-1],
             actions=self.actions[env, pos].astype(np.int64),
@@ -316,15 +392,21 @@ class FrameReplayBuffer:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild this memory (for checkpoints)."""
-        return {"kind": "frames", "frames": self.frames, "actions": self.actions,
+        """Everything needed to rebuild this memory (for checkpoints), in host memory."""
+        frames = self.frames.cpu().numpy() if self.on_device else self.frames
+        return {"kind": "frames", "frames": frames, "actions": self.actions,
                 "rewards": self.rewards, "terminated": self.terminated,
                 "is_step": self.is_step, "count": self.count, "in_episode": self.in_episode,
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what state_dict() returned."""
-        for key in ("frames", "actions", "rewards", "terminated", "is_step", "count",
-                    "in_episode"):
+        """Restore what state_dict() returned (into host or device memory)."""
+        for key in ("actions", "rewards", "terminated", "is_step", "count", "in_episode"):
             getattr(self, key)[...] = state[key]
+        if self.on_device:
+            import torch
+
+            self.frames.copy_(torch.from_numpy(np.asarray(state["frames"])))
+        else:
+            self.frames[...] = state["frames"]
         self.rng.bit_generator.state = state["rng"]
