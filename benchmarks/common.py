@@ -7,6 +7,8 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +67,48 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_sweep(overrides: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """python -m pipelines.sweep <overrides> in an empty folder with its own sqlite store:
+    Tune's fit seconds (the parent run's perf/sweep_wall_s), the whole command's seconds,
+    the start-up (fit start to the first trial's run), the driver's peak RSS, and what the
+    store holds per trial (runs, metric points, params, tags)."""
+    import resource
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as work:
+        args = [sys.executable, "-m", "pipelines.sweep", *overrides, "sweep.name=bench"]
+        env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
+        rss_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        wall, proc = timed(lambda: subprocess.run(args, cwd=work, env=env,
+                                                  capture_output=True, text=True))
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-3000:])
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+        exp = client.get_experiment_by_name("sweeps")
+        runs = client.search_runs([exp.experiment_id], max_results=10000)
+        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        first = min(r.info.start_time for r in children)
+        with sqlite3.connect(f"{work}/mlflow.db") as db:
+            counts = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                      for t in ("metrics", "params", "tags")}
+        return {
+            "fit_s": parent.data.metrics["perf/sweep_wall_s"],
+            "command_s": wall,
+            "startup_s": (first - parent.info.start_time) / 1000,
+            "trials": len(children),
+            # ru_maxrss is the largest child's peak (KiB); a later, smaller one leaves it.
+            "driver_peak_rss_mb": rss / 1024 if rss > rss_before else None,
+            "nodes": len({r.data.tags.get("ray.node_id") for r in children}),
+            "store_mb": Path(f"{work}/mlflow.db").stat().st_size / 2**20,
+            **{f"{t}_per_trial": n / max(1, len(children)) for t, n in counts.items()},
+        }
 
 
 def write(name: str, data: dict[str, Any]) -> Path:

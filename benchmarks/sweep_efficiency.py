@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 from algos.q_learning import train
-from benchmarks.common import table, timed, write
+from benchmarks.common import run_sweep, table, timed, write
 from pipelines.config import compose_config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def sequential(trials: int, episodes: int) -> float:
@@ -38,29 +32,10 @@ def sequential(trials: int, episodes: int) -> float:
 def sweep(trials: int, episodes: int, cpus: int, reuse: bool) -> dict[str, float]:
     """Tune's fit seconds, the whole command's seconds, and the start-up (fit start to the
     first trial's MLflow run: worker processes starting and importing) of one sweep."""
-    from mlflow import MlflowClient
-
-    with tempfile.TemporaryDirectory() as work:
-        args = [
-            sys.executable, "-m", "pipelines.sweep", "experiment=taxi_course",
-            f"algo.episodes={episodes}", f"seed=range(0,{trials})", f"cluster.num_cpus={cpus}",
-            f"cluster.reuse_actors={str(reuse).lower()}", "sweep.name=bench",
-        ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        wall, proc = timed(lambda: subprocess.run(args, cwd=work, env=env,
-                                                  capture_output=True, text=True))
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-3000:])
-        client = MlflowClient(f"sqlite:///{work}/mlflow.db")
-        exp = client.get_experiment_by_name("sweeps")
-        runs = client.search_runs([exp.experiment_id], max_results=1000)
-        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
-        first = min(r.info.start_time for r in runs if "mlflow.parentRunId" in r.data.tags)
-        return {
-            "fit_s": parent.data.metrics["perf/sweep_wall_s"],
-            "command_s": wall,
-            "startup_s": (first - parent.info.start_time) / 1000,
-        }
+    return run_sweep([
+        "experiment=taxi_course", f"algo.episodes={episodes}", f"seed=range(0,{trials})",
+        f"cluster.num_cpus={cpus}", f"cluster.reuse_actors={str(reuse).lower()}",
+    ])
 
 
 def main() -> None:
