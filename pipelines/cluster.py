@@ -240,11 +240,18 @@ def check_remote(capacity: Capacity, tracking_uri: str, storage: str) -> None:
             "reaches (a shared file system or s3://...)", storage, len(hosts))
 
 
+HIDE_UNASSIGNED_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+"""Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a task or actor given no GPU, so a trial
+(or a rollout worker) without a GPU share would still see, and with algo.device=auto use,
+the node's GPUs. With this, Ray hides them from it: a GPU is used only where reserved."""
+
+
 def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
     """The job's runtime environment on a remote cluster: what the trials need from the
     driver's environment, and the project's code when cluster.runtime_env is on."""
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    env_vars.update(HIDE_UNASSIGNED_GPUS)
     env: dict[str, Any] = {"env_vars": env_vars}
     if not cluster.runtime_env:
         return env
@@ -277,6 +284,7 @@ def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
         "log_to_driver": True,
     }
     if cluster.kind == "local":
+        os.environ.update(HIDE_UNASSIGNED_GPUS)  # the local Ray's workers inherit it
         ray.init(address="local", num_cpus=cluster.num_cpus, num_gpus=cluster.num_gpus,
                  **common)
         return

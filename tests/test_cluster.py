@@ -137,3 +137,34 @@ def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir
                      workdir, recorded_address="127.0.0.1:1", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.ray_started
+
+
+def test_the_job_ships_the_checkout_and_what_the_trials_need(monkeypatch):
+    from pipelines.cluster import ROOT, runtime_env
+    from pipelines.schema import ClusterConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    remote = ClusterConfig(kind="remote", address="head:6379", runtime_env=True)
+    env = runtime_env(remote, "http://mlflow:5000")
+    assert env["working_dir"] == str(ROOT)
+    assert {".git", ".venv", "mlflow.db", "ray_results"} <= set(env["excludes"])
+    assert env["env_vars"] == {
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "s3cret",
+        "RAY_AUTH_MODE": "token", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+    image = ClusterConfig(kind="remote", address="head:6379", runtime_env=False)
+    assert set(runtime_env(image, "http://mlflow:5000")) == {"env_vars"}
+
+
+def test_a_placement_group_fits_only_where_its_learner_fits_on_one_node():
+    from pipelines.cluster import Node, fits
+
+    def nodes(*cpus, gpus=0.0):
+        return [Node(str(i), "ip", "h", float(c), gpus) for i, c in enumerate(cpus)]
+
+    learner, worker = {"CPU": 2.0}, {"CPU": 1.0}
+    assert fits([learner, worker, worker], nodes(2, 2))  # learner on one, workers on the other
+    assert not fits([learner, worker, worker, worker], nodes(2, 2))  # 5 CPUs of 4
+    assert not fits([{"CPU": 3.0}], nodes(2, 2))  # 4 CPUs in all, but 2 per node
+    assert fits([{"CPU": 1.0, "GPU": 0.5}, worker], nodes(1, 1, gpus=1.0))
+    assert not fits([{"CPU": 1.0, "GPU": 0.5}], nodes(4, gpus=0.0))

@@ -1,6 +1,7 @@
 """On a CUDA device: the learner's CUDA graph and GPU frame memory against their host and
 eager versions, DQN learning with the learner on CUDA and the rollout worker on a CPU,
-and a sweep whose trials share one GPU (fractional cluster.gpus_per_trial).
+a sweep whose trials share one GPU (fractional cluster.gpus_per_trial), and a trial
+without a GPU share that leaves the GPU alone.
 
 Marked `gpu` (not in the default suite): `python -m pytest -m gpu`. Each test skips where
 no CUDA device is visible.
@@ -123,3 +124,17 @@ def test_two_trials_share_one_gpu_each_learner_on_cuda(workdir):
         assert "system/gpu_0_utilization_percentage" in c.data.metrics
     a, b = (c.info for c in children)
     assert a.start_time < b.end_time and b.start_time < a.end_time, "they did not overlap"
+
+
+def test_a_trial_without_a_gpu_share_does_not_use_the_gpu(workdir):
+    result = run_cli("pipelines.train", [
+        "experiment=cartpole_dqn", "algo.total_steps=3000", "algo.eval_every=3000",
+        "algo.num_rollout_workers=1", "cluster.gpus_per_trial=0",
+    ], workdir, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = runs_of(client, "dqn-cartpole")[1][0]
+    assert run.data.tags["learner.device"] == "cpu", run.data.tags
+    assert "ray.gpu_ids" not in run.data.tags
