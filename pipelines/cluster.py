@@ -161,8 +161,9 @@ def refusal(cfg, capacity: Capacity) -> str | None:
     largest = max((n.cpus for n in capacity.nodes), default=0.0)
     short = (f"offers {_number(capacity.cpus)} ({len(capacity.nodes)} nodes: {shape} CPUs)"
              if cpus > capacity.cpus + EPS else
-             f"has no node for the learner's {_number(c.cpus_per_trial)} CPUs (largest: "
-             f"{_number(largest)})")
+             f"has no node for the learner's {_number(c.cpus_per_trial)} CPUs"
+             + (f" and {_number(c.gpus_per_trial)} GPU" if c.gpus_per_trial else "")
+             + f" (largest: {_number(largest)} CPUs)")
     return (f"{need}, but {capacity.where} {short}; lower algo.num_rollout_workers or "
             "cluster.cpus_per_trial, add nodes, or set cluster.autoscaling=true if an "
             "autoscaler adds them")

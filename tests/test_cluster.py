@@ -85,27 +85,28 @@ def test_what_a_cluster_cannot_run_is_refused_before_any_trial(
     assert MlflowClient(mlflow_server).get_experiment_by_name("refused") is None
 
 
-def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir):
+def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir, mlflow_server):
     with LocalCluster(head_cpus=1) as cluster:
         cluster.add_node("victim", num_cpus=1)
         victim = cluster.node_ids()["victim"]
         # Trials of about 10 s, 20 reports each, every report checkpointed and written.
         args = ["experiment=taxi_course", "algo.episodes=100000", "algo.report_every=5000",
                 "seed=range(0,4)", *remote(cluster), "cluster.checkpoint_every_s=0",
-                "tracking.flush_every_s=0", "sweep.name=victim"]
+                "tracking.flush_every_s=0", "sweep.name=victim",
+                f"tracking.uri={mlflow_server}", "tracking.experiment=victim"]
         env = {**cli_env(cluster.dir / "driver"), **cluster.env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir,
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+        client = MlflowClient(mlflow_server)
         deadline = time.time() + 240
         killed = None
         while killed is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
             try:
-                _, _, children = runs_of(client, "sweeps")
-            except Exception:  # the store or the experiment is not there yet
+                _, _, children = runs_of(client, "victim")
+            except Exception:  # the experiment is not there yet
                 continue
             for c in children:
                 on_victim = c.data.tags.get("ray.node_id") == victim
@@ -117,7 +118,7 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir):
         out, _ = proc.communicate(timeout=400)
     assert killed, "no trial was seen running on the victim node:\n" + out[-3000:]
     assert proc.returncode == 0, out[-4000:]
-    _, parents, children = runs_of(client, "sweeps")
+    _, parents, children = runs_of(client, "victim")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["tune.trial_id"] for c in children) == sorted(
         {c.data.tags["tune.trial_id"] for c in children}) and len(children) == 4
