@@ -499,3 +499,15 @@ def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
     assert conf_dir == str(target / "rlpipe_conf"), conf_dir
     assert module.startswith(str(target)), module
     assert experiments == str(sorted(p.stem for p in (ROOT / "conf/experiment").glob("*.yaml")))
+
+
+def test_runs_outside_a_checkout_take_the_commit_the_image_recorded(monkeypatch, tmp_path):
+    import pipelines.runner as runner
+
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "ENV RLPIPE_GIT_COMMIT=${GIT_COMMIT}" in text
+    monkeypatch.setattr(runner, "ROOT", tmp_path)  # no .git here: as in the image
+    monkeypatch.setenv("RLPIPE_GIT_COMMIT", "abc123")
+    assert runner.git_commit() == "abc123"
+    monkeypatch.delenv("RLPIPE_GIT_COMMIT")
+    assert runner.git_commit() == "unknown"
