@@ -339,6 +339,24 @@ def evaluate(
         net.train()
 
 
+def replay_envs(cfg: DQNConfig) -> int:
+    """The env streams that feed the replay memory: every env of every worker."""
+    return max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
+
+
+def replay_nbytes(cfg: DQNConfig, obs_space) -> tuple[int, int]:
+    """(host bytes, learner-device bytes) of the replay memory train() allocates: with
+    replay_device=learner the frames go to the learner's device (host memory too, for a
+    CPU learner), the rest stays in host memory."""
+    n_envs = replay_envs(cfg)
+    if cfg.frame_memory and is_image(obs_space):
+        frames, books = FrameReplayBuffer.planned_nbytes(
+            cfg.buffer_size, obs_space.shape[1:], obs_space.shape[0], n_envs, obs_space.dtype)
+        return (books, frames) if cfg.replay_device == "learner" else (frames + books, 0)
+    return ReplayBuffer.planned_nbytes(cfg.buffer_size, obs_space.shape, obs_space.dtype,
+                                       n_envs), 0
+
+
 def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int,
                 device: torch.device | None = None):
     """The replay memory suited to the observations (frames on `device` with
@@ -425,8 +443,7 @@ def train(
     target = copy.deepcopy(online)
     graphs = uses_cuda_graph(cfg, device)
     optimizer = make_optimizer(online, cfg.lr, device, capturable=graphs)
-    n_envs = max(1, cfg.num_rollout_workers) * cfg.envs_per_worker
-    buffer = make_buffer(cfg, sampler.obs_space, n_envs, seed, device)
+    buffer = make_buffer(cfg, sampler.obs_space, replay_envs(cfg), seed, device)
     graphed = None
     env_steps = updates = last_sync = 0
     next_eval = cfg.eval_every

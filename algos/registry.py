@@ -18,6 +18,9 @@ class Algorithm:
     train: Callable[..., Any]
     check_env: Callable[[Any], Any]
     """Raises ValueError when the algorithm cannot run on the given env."""
+    replay_nbytes: Callable[[Any, Any], tuple[int, int]] = lambda cfg, obs_space: (0, 0)
+    """(host bytes, learner-device bytes) of the replay memory a run allocates, from its
+    config and the env's observation space (none: a table or one batch of episodes)."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -32,6 +35,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_class=dqn.DQNConfig,
         train=dqn.train,
         check_env=dqn.check_spaces,
+        replay_nbytes=dqn.replay_nbytes,
     ),
     "reinforce": Algorithm(
         name="reinforce",

@@ -58,6 +58,8 @@ class Node:
     cpus: float
     gpus: float
     gpu_type: str | None = None
+    memory: float = 0.0
+    """Ray's `memory` resource: the bytes of host memory trials may reserve on the node."""
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Capacity:
     """How a message names it: 'this machine', 'the cluster at host:port'."""
     local: bool = True
     hosts: list[str] = field(default_factory=list)
+    gpu_memory: float | None = None
+    """Bytes of the smallest GPU, where known (this machine's, through NVML)."""
 
     @property
     def cpus(self) -> float:
@@ -88,12 +92,38 @@ class Capacity:
                 "cpus": self.cpus, "gpus": self.gpus, "per_node": [asdict(n) for n in self.nodes]}
 
 
-def trial_bundles(cfg) -> list[dict[str, float]]:
-    """A trial's placement group: the learner's CPUs and GPU share, then one CPU per
-    rollout worker, so Tune packs trials onto the cluster without oversubscribing."""
+GIB = 2**30
+
+
+def learner_on_gpu(cfg) -> bool:
+    """Whether a trial's learner runs on a GPU: it holds a GPU share and may use it."""
+    return cfg.cluster.gpus_per_trial > 0 and getattr(cfg.algo, "device", "cpu") != "cpu"
+
+
+def replay_memory(composed) -> tuple[int, int]:
+    """(host bytes, GPU bytes) of a trial's replay memory, from the algorithm's layout and
+    the env's observation space; what would live on the learner's device is host memory
+    when the learner is not on a GPU."""
+    from algos.registry import get_algorithm
+    from pipelines.config import check_runnable
+
+    cfg = composed.cfg
+    host, device = get_algorithm(cfg.algo.name).replay_nbytes(cfg.algo,
+                                                              check_runnable(composed))
+    return (host, device) if learner_on_gpu(cfg) else (host + device, 0)
+
+
+def trial_bundles(composed) -> list[dict[str, float]]:
+    """A trial's placement group: the learner's CPUs, GPU share and the host memory its
+    replay memory takes, then one CPU per rollout worker, so that Tune packs trials onto
+    the cluster without oversubscribing its cores or its memory."""
+    cfg = composed.cfg
     learner = {"CPU": float(cfg.cluster.cpus_per_trial)}
     if cfg.cluster.gpus_per_trial:
         learner["GPU"] = float(cfg.cluster.gpus_per_trial)
+    host, _ = replay_memory(composed)
+    if host:
+        learner["memory"] = float(host)
     workers = int(getattr(cfg.algo, "num_rollout_workers", 0))
     return [learner] + [{"CPU": 1.0} for _ in range(workers)]
 
@@ -108,7 +138,7 @@ def fits(bundles: list[dict[str, float]], nodes: list[Node]) -> bool:
     the learner-plus-unit-CPU groups of trial_bundles)."""
     learner, rest = bundles[0], sorted(bundles[1:], key=lambda b: -sum(b.values()))
     for first in range(len(nodes)):
-        free = [{"CPU": n.cpus, "GPU": n.gpus} for n in nodes]
+        free = [{"CPU": n.cpus, "GPU": n.gpus, "memory": n.memory} for n in nodes]
         if not _fits_in(learner, free[first]):
             continue
         for key, amount in learner.items():
@@ -130,12 +160,35 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
-def refusal(cfg, capacity: Capacity) -> str | None:
-    """Why a trial of config `cfg` can never be placed on `capacity`, with the override
-    that makes it fit; None when it fits."""
-    bundles = trial_bundles(cfg)
-    if fits(bundles, capacity.nodes):
+def _gib(x: float) -> str:
+    return f"{x / GIB:,.2f} GiB"
+
+
+def gpu_memory_refusal(composed, capacity: Capacity) -> str | None:
+    """Why the frames a trial keeps on its GPU cannot fit there, with as many trials per
+    GPU as its share allows; None when they fit or the GPUs' memory is not known."""
+    cfg = composed.cfg
+    _, on_gpu = replay_memory(composed)
+    if not on_gpu or capacity.gpu_memory is None:
         return None
+    share = cfg.cluster.gpus_per_trial
+    per_gpu = max(1, math.floor(1 / share + EPS)) if share < 1 else 1
+    if on_gpu * per_gpu <= capacity.gpu_memory:
+        return None
+    return (f"algo.buffer_size={cfg.algo.buffer_size}: {per_gpu} trial(s) per GPU "
+            f"(cluster.gpus_per_trial={_number(share)}) keep {_gib(on_gpu)} of frames each "
+            f"there, but a GPU of {capacity.where} has {_gib(capacity.gpu_memory)}; lower "
+            "algo.buffer_size, raise cluster.gpus_per_trial, or keep the frames in host "
+            "memory (algo.replay_device=cpu)")
+
+
+def refusal(composed, capacity: Capacity) -> str | None:
+    """Why a trial of this config can never be placed on `capacity`, with the override
+    that makes it fit; None when it fits."""
+    cfg = composed.cfg
+    bundles = trial_bundles(composed)
+    if fits(bundles, capacity.nodes):
+        return gpu_memory_refusal(composed, capacity)
     c = cfg.cluster
     workers = len(bundles) - 1
     cpus = c.cpus_per_trial + workers
@@ -150,6 +203,13 @@ def refusal(cfg, capacity: Capacity) -> str | None:
         return (f"cluster.gpus_per_trial={_number(c.gpus_per_trial)}: a trial's learner "
                 f"needs {_number(c.gpus_per_trial)} GPU on one node, but {capacity.where} "
                 f"{has}; {fix}")
+    memory = bundles[0].get("memory", 0.0)
+    most_memory = max((n.memory for n in capacity.nodes), default=0.0)
+    if memory > most_memory + EPS:
+        where = capacity.where if capacity.local else f"the largest node of {capacity.where}"
+        return (f"algo.buffer_size={cfg.algo.buffer_size}: a trial's replay memory needs "
+                f"{_gib(memory)} of host memory, but {where} has {_gib(most_memory)} for "
+                "trials (Ray's memory resource); lower algo.buffer_size")
     need = (f"algo.num_rollout_workers={workers} with cluster.cpus_per_trial="
             f"{_number(c.cpus_per_trial)}: a trial needs {_number(cpus)} CPUs (the learner's "
             f"{_number(c.cpus_per_trial)}, 1 per rollout worker)")
@@ -174,11 +234,12 @@ def check_trials_fit(trials, capacity: Capacity) -> None:
     (overrides that make the trial, Composed) pairs, as validated by the sweep plan."""
     seen: set[tuple] = set()
     for combo, composed in trials:
-        shape = tuple(tuple(sorted(b.items())) for b in trial_bundles(composed.cfg))
+        shape = (tuple(tuple(sorted(b.items())) for b in trial_bundles(composed)),
+                 replay_memory(composed)[1], composed.cfg.cluster.gpus_per_trial)
         if shape in seen:
             continue
         seen.add(shape)
-        why = refusal(composed.cfg, capacity)
+        why = refusal(composed, capacity)
         if why:
             where = " ".join(combo)
             raise UserError(f"{why} (in the trial {where})" if where else why)
@@ -192,14 +253,34 @@ def local_capacity(cluster: ClusterConfig) -> Capacity:
 
         spec = ResourceAndLabelSpec(num_cpus=cluster.num_cpus,
                                     num_gpus=cluster.num_gpus).resolve(is_head=True)
-        cpus, gpus = float(spec.num_cpus), float(spec.num_gpus or 0)
+        cpus, gpus, memory = float(spec.num_cpus), float(spec.num_gpus or 0), spec.memory
     except (ImportError, AttributeError, TypeError):  # Ray's private API moved
+        from algos.core.replay import available_memory
+
         cpus = float(cluster.num_cpus or os.cpu_count() or 1)
         gpus = float(cluster.num_gpus or 0)
+        memory = 0.7 * (available_memory() or 0)
     where = "this machine" if cluster.num_cpus is None else (
         f"the local Ray of cluster.num_cpus={cluster.num_cpus}")
-    node = Node("local", "127.0.0.1", socket.gethostname(), cpus, gpus)
-    return Capacity([node], where, local=True)
+    node = Node("local", "127.0.0.1", socket.gethostname(), cpus, gpus, memory=float(memory))
+    return Capacity([node], where, local=True, gpu_memory=_smallest_gpu() if gpus else None)
+
+
+def _smallest_gpu() -> float | None:
+    """Bytes of this machine's smallest GPU, through NVML (no CUDA context); None if NVML
+    cannot tell."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return float(min(
+                pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
+                for i in range(pynvml.nvmlDeviceGetCount())))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU, no pynvml: unknown
+        return None
 
 
 def running_capacity(address: str | None = None) -> Capacity:
@@ -215,7 +296,8 @@ def running_capacity(address: str | None = None) -> Capacity:
                         None)
         nodes.append(Node(n["NodeID"], n.get("NodeManagerAddress", ""),
                           n.get("NodeManagerHostname", ""), float(res.get("CPU", 0.0)),
-                          float(res.get("GPU", 0.0)), gpu_type))
+                          float(res.get("GPU", 0.0)), gpu_type,
+                          memory=float(res.get("memory", 0.0))))
     where = f"the cluster at {address}" if address else "this machine"
     return Capacity(nodes, where, local=address is None, hosts=[n.ip for n in nodes])
 

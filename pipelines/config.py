@@ -190,7 +190,7 @@ def compose_config(overrides: list[str]) -> Composed:
 
 
 @functools.lru_cache(maxsize=64)
-def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple) -> None:
+def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple):
     import gymnasium as gym
 
     from algos.core.envs import EnvConfig, check_env_id, make_env
@@ -210,14 +210,16 @@ def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple) -
         ) from None
     try:
         get_algorithm(algo_name).check_env(env)
+        return env.observation_space
     except ValueError as e:
         raise UserError(f"algo={algo_name} with env.id={env_id}: {e}") from None
     finally:
         env.close()
 
 
-def check_runnable(composed: Composed) -> None:
-    """What composition cannot see: the env exists, builds, and suits the algorithm."""
+def check_runnable(composed: Composed):
+    """What composition cannot see: the env exists, builds, and suits the algorithm.
+    Returns the env's observation space (cached: later calls are free)."""
     from algos.registry import ALGORITHMS
 
     algo_name = composed.cfg.algo.name
@@ -225,7 +227,8 @@ def check_runnable(composed: Composed) -> None:
         raise UserError(f"algo.name={algo_name}: unknown; allowed: {', '.join(ALGORITHMS)}")
     env = composed.cfg.env
     extra = tuple((k, v) for k, v in sorted(vars(env).items()) if k not in ("id", "kwargs"))
-    _check_env(algo_name, env.id, tuple(sorted(env.kwargs.items(), key=lambda kv: kv[0])), extra)
+    return _check_env(algo_name, env.id, tuple(sorted(env.kwargs.items(),
+                                                      key=lambda kv: kv[0])), extra)
 
 
 def load(overrides: list[str]) -> Composed:

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -61,6 +62,34 @@ def git_commit() -> str:
         return os.environ.get("RLPIPE_GIT_COMMIT", "unknown")
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az", "file")
+"""URI schemes of the file systems Tune writes to (through pyarrow or fsspec)."""
+
+
+def check_storage(storage: str) -> None:
+    """Bad input (UserError) when Tune could not write to `storage`: a URI of a scheme it
+    does not know, or a folder that cannot be made. Leaves nothing behind: the probe is
+    made and removed in the nearest folder that exists."""
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0]
+        if scheme not in STORAGE_SCHEMES:
+            allowed = ", ".join(f"{s}://" for s in STORAGE_SCHEMES)
+            raise UserError(f"cluster.storage_path={storage}: not a storage URI Tune knows; "
+                            f"allowed: a folder, or {allowed}")
+        return
+    existing = Path(storage)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        Path(tempfile.mkdtemp(prefix=".rlpipe-write-check-", dir=existing)).rmdir()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise UserError(f"cluster.storage_path={storage}: cannot write there ({reason}); use "
+                        "a writable folder, or storage every node reaches (s3://...)") from None
+
+
 def storage_root(cluster: ClusterConfig) -> str:
     """Tune's storage path, absolute (Tune runs trials in their own directories)."""
     path = cluster.storage_path or "ray_results"
@@ -100,7 +129,7 @@ def _trainable(ctx: TrialContext, cluster: ClusterConfig):
 
     def resources(config: dict[str, Any]):
         composed = compose_config(trial_overrides(ctx, config))
-        return tune.PlacementGroupFactory(trial_bundles(composed.cfg))
+        return tune.PlacementGroupFactory(trial_bundles(composed))
 
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=resources)
 
@@ -128,6 +157,7 @@ def launch(plan: SweepPlan, kind: str) -> int:
     uri = resolve_uri(cfg.tracking.uri)
     check_tracking(uri)
     storage = storage_root(cfg.cluster)
+    check_storage(storage)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     algo, env = base.choices.get("algo"), base.choices.get("env")
     if kind == "sweep":

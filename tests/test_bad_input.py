@@ -46,6 +46,13 @@ CASES = [
       "cluster.num_cpus=3 to oversubscribe"]),
     (TRAIN, ["algo=dqn", "env=cartpole", "cluster.num_gpus=0", "cluster.gpus_per_trial=1"],
      ["cluster.gpus_per_trial=1", "needs 1 GPU", "has 0 GPUs", "cluster.gpus_per_trial=0"]),
+    # Resources that cannot work: known before Ray starts.
+    (TRAIN, ["algo=dqn", "env=cartpole", "algo.buffer_size=100000000000"],
+     ["algo.buffer_size=100000000000", "replay memory needs 4,190.95 GiB", "lower"]),
+    (TRAIN, ["cluster.storage_path=/proc/nope"], ["cluster.storage_path=/proc/nope",
+                                                   "cannot write there"]),
+    (TRAIN, ["cluster.storage_path=ftp://host/x"], ["cluster.storage_path=ftp://host/x",
+                                                     "s3://"]),
     (EVALUATE, [], ["evaluate.run_id", "required"]),
     (EVALUATE, ["evaluate.run_id=abc"], ["tracking.uri=sqlite:///", "no MLflow store"]),
     (EVALUATE, ["evaluate.run_id=abc", "evaluate.episodes=0"], ["evaluate.episodes", "> 0"]),

@@ -169,3 +169,25 @@ def test_a_placement_group_fits_only_where_its_learner_fits_on_one_node():
     assert not fits([{"CPU": 3.0}], nodes(2, 2))  # 4 CPUs in all, but 2 per node
     assert fits([{"CPU": 1.0, "GPU": 0.5}, worker], nodes(1, 1, gpus=1.0))
     assert not fits([{"CPU": 1.0, "GPU": 0.5}], nodes(4, gpus=0.0))
+
+
+def test_a_trial_reserves_its_replay_memory_where_it_lives():
+    from pipelines.cluster import GIB, Capacity, Node, refusal, trial_bundles
+    from pipelines.config import load
+
+    host = load(["experiment=pong_dqn", "cluster.gpus_per_trial=0"])
+    learner = trial_bundles(host)[0]
+    assert learner["memory"] / GIB == pytest.approx(6.58, abs=0.01)  # 1M frames, host
+    on_gpu = load(["experiment=pong_dqn", "cluster.gpus_per_trial=0.25"])
+    assert trial_bundles(on_gpu)[0]["memory"] < 0.01 * GIB  # only the bookkeeping
+    machine = [Node("a", "ip", "h", 16, 1, memory=64 * GIB)]
+    # Four trials per GPU keep 6.6 GiB of frames each there: not on a 24 GiB GPU.
+    why = refusal(on_gpu, Capacity(machine, "this machine", gpu_memory=24 * GIB))
+    assert why.startswith("algo.buffer_size=1000000: 4 trial(s) per GPU")
+    assert "algo.replay_device=cpu" in why
+    assert refusal(on_gpu, Capacity(machine, "this machine", gpu_memory=80 * GIB)) is None
+    small = [Node("a", "ip", "h", 16, 0, memory=4 * GIB), Node("b", "ip2", "h", 16, 0,
+                                                                   memory=5 * GIB)]
+    why = refusal(host, Capacity(small, "the cluster at h:1", local=False))
+    assert why.startswith("algo.buffer_size=1000000: a trial's replay memory needs 6.58 GiB")
+    assert "the largest node of the cluster at h:1 has 5.00 GiB" in why

@@ -73,8 +73,8 @@ class ReplayBuffer:
         self.n_envs = n_envs
         self.ring = max(1, capacity // n_envs)
         obs_dtype = np.dtype(obs_dtype)
-        per_slot = 2 * int(np.prod(obs_shape)) * obs_dtype.itemsize + 8 + 4 + 1
-        check_fits(per_slot * self.ring * n_envs, f"a replay memory of {capacity:,} transitions")
+        check_fits(self.planned_nbytes(capacity, obs_shape, obs_dtype, n_envs),
+                   f"a replay memory of {capacity:,} transitions")
         shape = (n_envs, self.ring)
         self.obs = np.zeros(shape + tuple(obs_shape), dtype=obs_dtype)
         self.next_obs = np.zeros(shape + tuple(obs_shape), dtype=obs_dtype)
@@ -83,6 +83,14 @@ class ReplayBuffer:
         self.terminated = np.zeros(shape, dtype=np.bool_)
         self.count = np.zeros(n_envs, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def planned_nbytes(capacity: int, obs_shape: tuple[int, ...], obs_dtype, n_envs: int = 1
+                       ) -> int:
+        """Bytes the arrays of such a memory take (checked before allocating; known to the
+        pipelines before anything starts)."""
+        per_slot = 2 * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize + 8 + 4 + 1
+        return per_slot * max(1, capacity // n_envs) * n_envs
 
     @property
     def nbytes(self) -> int:
@@ -197,19 +205,19 @@ class FrameReplayBuffer:
         self.ring = max(stack + 2, capacity // n_envs)
         dtype = np.dtype(dtype)
         self.on_device = device is not None  # torch tensors there (the CPU too)
-        frame_bytes = int(np.prod(frame_shape)) * dtype.itemsize
+        frames, books = self.planned_nbytes(capacity, frame_shape, stack, n_envs, dtype)
         what = f"a frame replay memory of {capacity:,} transitions"
         shape = (n_envs, self.ring)
         if self.on_device:
             import torch
 
-            check_fits_on(device, frame_bytes * self.ring * n_envs, what)
-            check_fits((4 + 4 + 1 + 1) * self.ring * n_envs, what)
+            check_fits_on(device, frames, what)
+            check_fits(books, what)
             self.frames = torch.zeros(shape + tuple(frame_shape),
                                       dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
                                       device=device)
         else:
-            check_fits((frame_bytes + 4 + 4 + 1 + 1) * self.ring * n_envs, what)
+            check_fits(frames + books, what)
             self.frames = np.zeros(shape + tuple(frame_shape), dtype=dtype)
         self.actions = np.zeros(shape, dtype=np.int32)
         self.rewards = np.zeros(shape, dtype=np.float32)
@@ -218,6 +226,14 @@ class FrameReplayBuffer:
         self.count = np.zeros(n_envs, dtype=np.int64)
         self.in_episode = np.zeros(n_envs, dtype=np.bool_)
         self.rng = np.random.default_rng(seed)
+
+    @staticmethod
+    def planned_nbytes(capacity: int, frame_shape: tuple[int, ...], stack: int = 4,
+                       n_envs: int = 1, dtype=np.uint8) -> tuple[int, int]:
+        """(frame bytes, bookkeeping bytes) such a memory takes: the frames live on its
+        device, the bookkeeping (action, reward, flags per slot) in host memory."""
+        slots = max(stack + 2, capacity // n_envs) * n_envs
+        return slots * int(np.prod(frame_shape)) * np.dtype(dtype).itemsize, slots * 10
 
     @property
     def frame_nbytes(self) -> int:
