@@ -21,7 +21,6 @@ With 0 workers the learner samples in its own process, in turn with learning.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from algos.core import validation as v
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig, make_env
 from algos.core.evaluation import play_episodes
+from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
@@ -311,6 +311,16 @@ def to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torc
     }
 
 
+def check_stats(step: int, stats: torch.Tensor) -> None:
+    """Stop at once (NonFiniteError) when a step's loss or mean Q is NaN or infinite: the
+    (n, 2) stats of learn(). One device sync, which the weights' copy right after needs
+    anyway."""
+    finite = torch.isfinite(stats).all(1)
+    if not bool(finite.all()):
+        loss, q = stats[~finite][0].tolist()
+        check_finite(step, {"loss/td": loss, "train/q_mean": q})
+
+
 def cpu_weights(net: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the weights, for the workers."""
     return {k: t.detach().to("cpu", copy=True) for k, t in net.state_dict().items()}
@@ -495,8 +505,10 @@ def train(
                     graphed = capture_step(online, target, optimizer, cfg, sampler.obs_space,
                                            device)
                 if n_updates:
-                    stats_sum = stats_sum + learn(online, target, optimizer, buffer,
-                                                  n_updates, cfg, device, graphed).sum(0)
+                    stats = learn(online, target, optimizer, buffer, n_updates, cfg, device,
+                                  graphed)
+                    check_stats(env_steps, stats)
+                    stats_sum = stats_sum + stats.sum(0)
                 updates += n_updates
                 updates_since += n_updates
                 if n_updates:
@@ -543,7 +555,5 @@ def train(
                 watch.lap()
     finally:
         sampler.close()
-    if not math.isfinite(metrics.get("eval/mean_return", 0.0)):
-        raise FloatingPointError("the evaluation return is not finite")
     example = np.asarray(sampler.obs_space.sample())[None]
     return DQNResult(network=online.cpu(), metrics=metrics, example_obs=example)

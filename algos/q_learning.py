@@ -19,6 +19,7 @@ import numpy as np
 
 from algos.core import validation as v
 from algos.core.envs import EnvConfig, make_env
+from algos.core.finite import check_finite
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.rng import generator_state, set_generator_state
 from algos.core.schedules import exponential_epsilon
@@ -205,6 +206,7 @@ def train(
                 "perf/env_steps_per_s": updates / seconds if seconds > 0 else 0.0,
                 "perf/updates_per_s": updates / seconds if seconds > 0 else 0.0,
             }
+            check_finite(env_steps, {k: metrics[k] for k in ("loss/td", "train/q_mean")})
             checkpoint = {
                 "q_table": q,
                 "episode": episode,

@@ -27,6 +27,7 @@ from torch import nn
 from algos.core import validation as v
 from algos.core.envs import EnvConfig, make_env
 from algos.core.evaluation import play_episodes
+from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.rollout import RolloutWorker, remote_worker_class
@@ -218,11 +219,14 @@ def train(
             sources.append(len([b for b in batches if b]))
             loss, entropy = policy_loss(policy, eps, cfg.gamma, cfg.standardize_returns,
                                         cfg.baseline, device)
+            losses.append(float(loss.detach()))
+            # Diverged (or NaN rewards): stop before the step corrupts the policy.
+            check_finite(env_steps + sum(len(ep["rewards"]) for ep in eps),
+                         {"loss/policy": losses[-1]})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             updates += 1
-            losses.append(float(loss.detach()))
             entropies.append(float(entropy.detach()))
             for ep in eps:
                 env_steps += len(ep["rewards"])

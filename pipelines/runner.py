@@ -38,7 +38,14 @@ from pipelines.tracking import (
     ui_hint,
     write_json_artifact,
 )
-from pipelines.trial import TrialContext, run_key, run_trial, trial_overrides
+from pipelines.trial import (
+    FAILURE_KEY,
+    FAILURE_MESSAGE_KEY,
+    TrialContext,
+    run_key,
+    run_trial,
+    trial_overrides,
+)
 
 CONTEXT_FILE = "rlpipe.json"
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl+C
@@ -313,6 +320,7 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
     if parent:
         parent.log_metrics({"perf/sweep_wall_s": fit_seconds, "perf/trials": len(results)})
     errors = [r for r in results if r.error is not None]
+    failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
     best = None
     try:
         best = results.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
@@ -343,10 +351,13 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
             write_json_artifact(parent, summary, "best_trial.json")
     for r in errors:
         print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
+    for r in failed:
+        print(f"Trial failed: {_config_text(r, ctx)}: {r.metrics.get(FAILURE_MESSAGE_KEY)}",
+              file=sys.stderr)
     if parent:
-        parent.finish("FAILED" if errors else "FINISHED")
+        parent.finish("FAILED" if errors or failed else "FINISHED")
     print(ui_hint(ctx.tracking_uri, ctx.experiment_id, ctx.experiment_name))
-    return 1 if errors else 0
+    return 1 if errors or failed else 0
 
 
 def _unfinished_trials(results) -> list[str]:
@@ -358,12 +369,17 @@ def _unfinished_trials(results) -> list[str]:
     ]
 
 
+def _config_text(result, ctx: TrialContext) -> str:
+    return " ".join(f"{k}={v}" for k, v in (result.config or {}).items()) or ctx.name
+
+
 def _summary_table(results, ctx: TrialContext, metric: str) -> str:
     rows = []
     for r in results:
-        config = " ".join(f"{k}={v}" for k, v in (r.config or {}).items()) or ctx.name
+        config = _config_text(r, ctx)
         value = (r.metrics or {}).get(metric)
         shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
-        status = "ERROR" if r.error is not None else "done"
-        rows.append(f"  {status:5}  {metric}={shown:>8}  {config}")
+        status = ("ERROR" if r.error is not None else
+                  "FAILED" if (r.metrics or {}).get(FAILURE_KEY) else "done")
+        rows.append(f"  {status:6}  {metric}={shown:>8}  {config}")
     return "Trials:\n" + "\n".join(rows)

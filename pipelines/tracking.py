@@ -219,7 +219,8 @@ class RunLogger:
 
         `train/env_steps` points go last, so that a step's `train/env_steps` in the store
         means everything of that step is there; steps at or below the watermark (logged
-        before a restart) are skipped.
+        before a restart) are skipped. NaN and infinite values are logged as they are
+        (MLflow keeps NaN, and stores infinities as the largest float): never dropped.
         """
         from mlflow.entities import Metric
 
@@ -230,14 +231,14 @@ class RunLogger:
                 points += [
                     Metric(name, float(value), now, int(s))
                     for s, value in series
-                    if s > self.watermark and math.isfinite(value)
+                    if s > self.watermark
                 ]
             if step <= self.watermark:
                 continue
             points += [
                 Metric(name, float(value), now, int(step))
                 for name, value in metrics.items()
-                if name != "train/env_steps" and math.isfinite(float(value))
+                if name != "train/env_steps"
             ]
             marks.append(Metric("train/env_steps", float(step), now, int(step)))
         points += marks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from algos.core.finite import NonFiniteError
 from algos.core.networks import resolve_device
 from algos.registry import get_algorithm
 from pipelines.cluster import cluster_tags, node_tags
@@ -23,6 +25,10 @@ from pipelines.models import log_model
 from pipelines.tracking import RunLogger, start_system_metrics, stop_system_metrics
 
 STATE_FILE = "state.pkl"
+FAILURE_TAG = "rlpipe.failure"
+"""Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
+FAILURE_KEY, FAILURE_MESSAGE_KEY = "rlpipe/failure", "rlpipe/failure_message"
+"""Keys of a trial's last Tune result that say it failed without an error (no retry)."""
 
 
 @dataclass
@@ -230,6 +236,19 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logger.set_tags({"tune.stopped_early": "true"})
         logger.finish("FINISHED")
         raise
+    except NonFiniteError as e:
+        # Diverged: retrying from the last checkpoint would diverge again. The run fails
+        # with the value where it went bad; Tune sees a finished trial (no retry) whose
+        # last result says it failed, and the driver counts it among the failures.
+        reporter.flush()
+        logger.log_metrics({e.name: e.value}, step=e.step)
+        stop_system_metrics(monitor)
+        logger.set_tags({FAILURE_TAG: "non_finite", f"{FAILURE_TAG}.message": str(e)})
+        logger.finish("FAILED")
+        print(f"Trial {trial_id} failed: {e}", file=sys.stderr)
+        tune.report({ctx.settings["metric"]: float("nan"), FAILURE_KEY: "non_finite",
+                     FAILURE_MESSAGE_KEY: str(e), "train/env_steps": float(e.step)})
+        return
     except BaseException:
         reporter.flush()
         stop_system_metrics(monitor)

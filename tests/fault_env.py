@@ -1,4 +1,5 @@
-"""A real FrozenLake that fails once, on purpose: for the fault-tolerance tests.
+"""Real envs that fail on purpose, for the fault tests: a FrozenLake that fails once, and
+envs whose reward turns NaN.
 
 Used through gymnasium's module form, env.id=tests.fault_env:CrashOnceFrozenLake-v0, so
 that the trial process imports and registers it itself. The failure happens once per
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 import gymnasium as gym
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.envs.toy_text.frozen_lake import FrozenLakeEnv
 
 
@@ -43,3 +45,38 @@ if "CrashOnceFrozenLake-v0" not in gym.registry:
         entry_point="tests.fault_env:CrashOnceFrozenLake",
         max_episode_steps=100,
     )
+
+
+class NaNRewardCartPole(CartPoleEnv):
+    """CartPole whose reward is NaN from the `nan_from`-th step on (counted over the env's
+    life): a broken env, which must stop training at once rather than train on NaN."""
+
+    def __init__(self, nan_from: int = 600, **kwargs):
+        super().__init__(**kwargs)
+        self.nan_from, self.steps = nan_from, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps >= self.nan_from else reward, terminated, \
+            truncated, info
+
+
+class NaNRewardFrozenLake(FrozenLakeEnv):
+    """FrozenLake 4x4 (not slippery) whose reward is NaN from the `nan_from`-th step on."""
+
+    def __init__(self, nan_from: int = 600, **kwargs):
+        super().__init__(map_name="4x4", is_slippery=False, **kwargs)
+        self.nan_from, self.steps = nan_from, 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.steps += 1
+        return obs, float("nan") if self.steps >= self.nan_from else reward, terminated, \
+            truncated, info
+
+
+for _name, _steps in (("NaNRewardCartPole-v0", 500), ("NaNRewardFrozenLake-v0", 100)):
+    if _name not in gym.registry:
+        gym.register(_name, entry_point=f"tests.fault_env:{_name[:-3]}",
+                     max_episode_steps=_steps)
