@@ -37,9 +37,12 @@ def run_main(
     try:
         if "--cfg" in args:
             from pipelines.space import plan_sweep
+            from pipelines.tracking import redact_uri
 
             plan = plan_sweep([a for a in args if a != "--cfg"],
                               sweep_params=prog.endswith("sweep"))
+            tracking = plan.base.container["tracking"]
+            tracking["uri"] = redact_uri(tracking["uri"])
             print(yaml.safe_dump(plan.base.container, sort_keys=False))
             if plan.dims:
                 print("# swept: " + " ".join(f"{d.key}={d.expression}" for d in plan.dims))

@@ -163,6 +163,10 @@ def launch(plan: SweepPlan, kind: str) -> int:
     sweep = cfg.sweep
     uri = resolve_uri(cfg.tracking.uri)
     check_tracking(uri)
+    # What trials compose from and what is recorded name the URI without credentials.
+    fixed = [f"tracking.uri={uri}" if o.split("=", 1)[0] == "tracking.uri" else o
+             for o in plan.fixed]
+    base.container["tracking"]["uri"] = uri
     storage = storage_root(cfg.cluster)
     check_storage(storage)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -206,7 +210,7 @@ def launch(plan: SweepPlan, kind: str) -> int:
                   "algo": algo, "env": env, "rlpipe.kind": "sweep"},
             params={
                 **{f"space.{k}": v for k, v in plan.space_text.items()},
-                "fixed": " ".join(plan.fixed) or "-",
+                "fixed": " ".join(fixed) or "-",
                 "sweep.search": search,
                 "sweep.num_samples": sweep.num_samples,
                 "sweep.metric": sweep.metric,
@@ -218,7 +222,7 @@ def launch(plan: SweepPlan, kind: str) -> int:
         parent.set_tags(cluster_tags(cluster_record))
         write_json_artifact(parent, cluster_record, "cluster.json")
     ctx = TrialContext(
-        name=name, uid=uid, fixed=plan.fixed, tracking_uri=uri, experiment_id=experiment_id,
+        name=name, uid=uid, fixed=fixed, tracking_uri=uri, experiment_id=experiment_id,
         experiment_name=experiment_name, parent_run_id=parent.run_id if parent else None,
         git_commit=commit, space=plan.space_text, settings=settings, cluster=cluster_record,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -28,8 +29,42 @@ RUN_KEY_TAG = "rlpipe.run_key"
 BATCH = 1000  # MLflow's most metrics in one log_batch call
 
 
+def take_credentials(uri: str) -> str:
+    """The URI without a `user:password@` part; the credentials move to the environment
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD, which MLflow's client reads and the trials get),
+    so that the password is never written: not in params, tags, configs, files or output."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    if parts.username:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with its password, if any, shown as ***."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri) if "://" in uri else None
+    if parts is None or parts.password is None:
+        return uri
+    return uri.replace(f":{parts.password}@", ":***@", 1)
+
+
 def resolve_uri(uri: str, cwd: Path | None = None) -> str:
-    """Make a local store's path absolute, since Tune runs trials in other directories."""
+    """Make a local store's path absolute, since Tune runs trials in other directories;
+    take a server's credentials out of the URI (take_credentials)."""
+    uri = take_credentials(uri)
     cwd = cwd or Path.cwd()
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme not in SCHEMES or "://" not in uri:

@@ -299,3 +299,24 @@ def test_a_reinforce_sweep_over_learning_rate_and_seed(workdir):
                      workdir)
     assert played.returncode == 0, played.stderr[-3000:]
     assert json.loads(played.last_line)["episodes"] == 2
+
+
+def test_credentials_in_the_tracking_uri_are_never_written(workdir, mlflow_server):
+    secret = "s3cr3t-pw"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    result = run_cli("pipelines.sweep", SMALL + [
+        "seed=0,1", f"tracking.uri={uri}", "tracking.experiment=credentials"], workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert secret not in result.stdout + result.stderr
+    client = MlflowClient(mlflow_server)
+    _, parents, children = runs_of(client, "credentials")
+    for run in parents + children:
+        written = json.dumps([run.data.params, run.data.tags])
+        assert secret not in written
+        config = client.download_artifacts(run.info.run_id, "config.yaml", str(workdir))
+        assert secret not in Path(config).read_text()
+    for path in (workdir / "ray_results").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    shown = run_cli("pipelines.sweep", [f"tracking.uri={uri}", "--cfg"], workdir)
+    assert secret not in shown.stdout and "alice:***@" in shown.stdout
