@@ -32,15 +32,15 @@ from torch import nn
 
 from algos.core import validation as v
 from algos.core.cuda_graph import GraphedStep
-from algos.core.envs import EnvConfig, make_env
+from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
-from algos.core.rollout import RolloutWorker, remote_worker_class
 from algos.core.schedules import linear_epsilon
 from algos.core.timing import Stopwatch
+from algos.core.workers import WorkerPool
 
 
 @dataclass
@@ -114,7 +114,10 @@ class DQNConfig:
     eval_epsilon: float = 0.0
     """Exploration during evaluation (Atari papers use 0.05)."""
     checkpoint_replay: bool = False
-    """Include the replay memory in checkpoints (large for Atari)."""
+    """Include the replay memory in checkpoints (large for Atari); without it a resumed
+    run refills the memory for learning_starts steps before it learns again."""
+    max_worker_restarts: int = 5
+    """Rollout workers that may die in a run and be replaced in place; one more fails it."""
 
     def __post_init__(self) -> None:
         v.positive(self, "total_steps", "buffer_size", "lr", "batch_size", "train_freq",
@@ -124,6 +127,7 @@ class DQNConfig:
         v.at_least(self, "learning_starts", 0)
         v.at_least(self, "num_rollout_workers", 0)
         v.at_least(self, "rollout_steps", 0)
+        v.at_least(self, "max_worker_restarts", 0)
         for key in ("exploration_fraction", "epsilon_start", "epsilon_end", "eval_epsilon"):
             v.in_range(self, key, 0.0, 1.0)
         v.one_of(self, "loss", ("huber", "mse"))
@@ -380,62 +384,6 @@ def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int,
                         seed=seed)
 
 
-class _Sampler:
-    """Sampling with 0 workers (in this process) or N Ray actors (overlapped)."""
-
-    def __init__(self, cfg: DQNConfig, env_cfg: EnvConfig, seed: int) -> None:
-        self.remote = cfg.num_rollout_workers > 0
-        factory = network_factory(cfg)
-        if not self.remote:
-            self.local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed)
-            self.obs_space = self.local.envs.single_observation_space
-            self.action_space = self.local.envs.single_action_space
-        else:
-            import ray
-
-            from algos.core.placement import worker_options
-
-            actor = remote_worker_class()
-            self.workers = [
-                actor.options(**worker_options(i)).remote(
-                    env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1), i)
-                for i in range(cfg.num_rollout_workers)
-            ]
-            probe = make_env(env_cfg)
-            self.obs_space, self.action_space = probe.observation_space, probe.action_space
-            probe.close()
-            self.ray = ray
-            self.in_flight: dict[Any, int] = {}
-        # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
-        self.frames_only = cfg.frame_memory and is_image(self.obs_space)
-
-    def start(self, steps: int, epsilon: float, weights) -> None:
-        """Put one request in flight per worker (remote only)."""
-        ref = self.ray.put(weights)
-        for i, w in enumerate(self.workers):
-            self.in_flight[w.sample.remote(steps, epsilon, ref, self.frames_only)] = i
-
-    def next_batch(self, steps: int, epsilon: float, weights_ref) -> dict[str, Any]:
-        """The next batch: sampled here, or the first ready remote one (whose worker then
-        gets its next request at once, with the newest weights reference if any)."""
-        if not self.remote:
-            return self.local.sample(steps, epsilon, frames_only=self.frames_only)
-        ready, _ = self.ray.wait(list(self.in_flight), num_returns=1)
-        i = self.in_flight.pop(ready[0])
-        batch = self.ray.get(ready[0])
-        self.in_flight[self.workers[i].sample.remote(steps, epsilon, weights_ref,
-                                                     self.frames_only)] = i
-        return batch
-
-    def close(self) -> None:
-        """Stop the workers."""
-        if self.remote:
-            for w in self.workers:
-                self.ray.kill(w)
-        else:
-            self.local.close()
-
-
 def train(
     cfg: DQNConfig,
     env_cfg: EnvConfig,
@@ -447,24 +395,31 @@ def train(
     reporter = reporter or NullReporter()
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
-    sampler = _Sampler(cfg, env_cfg, seed)
     factory = network_factory(cfg)
-    online = factory(sampler.obs_space, sampler.action_space).to(device)
+    # A resumed run's workers start new streams (seeded by where it resumes), not replays.
+    pool = WorkerPool(env_cfg, cfg.num_rollout_workers, cfg.envs_per_worker, factory, seed,
+                      start=state["env_steps"] if state else 0,
+                      max_restarts=cfg.max_worker_restarts)
+    online = factory(pool.obs_space, pool.action_space).to(device)
     target = copy.deepcopy(online)
     graphs = uses_cuda_graph(cfg, device)
     optimizer = make_optimizer(online, cfg.lr, device, capturable=graphs)
-    buffer = make_buffer(cfg, sampler.obs_space, replay_envs(cfg), seed, device)
+    buffer = make_buffer(cfg, pool.obs_space, replay_envs(cfg), seed, device)
     graphed = None
     env_steps = updates = last_sync = 0
     next_eval = cfg.eval_every
+    learn_from = cfg.learning_starts  # env step from which the learner trains
     if state is not None:
         online.load_state_dict(state["online"])
         target.load_state_dict(state["target"])
         optimizer.load_state_dict(state["optimizer"])
         env_steps, updates, last_sync = state["env_steps"], state["updates"], state["last_sync"]
         next_eval = state["next_eval"]
+        pool.restarts = state.get("worker_restarts", 0)
         if state.get("replay") is not None:
             buffer.load_state_dict(state["replay"])
+        else:  # an empty memory: refill it as at the start before learning again
+            learn_from = env_steps + cfg.learning_starts
     decay_steps = int(cfg.exploration_fraction * cfg.total_steps)
     step_chunk = request_steps(cfg)
     updates_per_step = cfg.gradient_steps / cfg.train_freq
@@ -474,19 +429,14 @@ def train(
     watch = Stopwatch()
     steps_since, updates_since = 0, 0
     metrics: dict[str, float] = {}
-    weights_ref = None
-    if sampler.remote:
-        sampler.start(step_chunk, linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end,
-                                                 decay_steps), cpu_weights(online))
-    local_weights_stale = True
+    # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
+    frames_only = cfg.frame_memory and is_image(pool.obs_space)
+    pool.set_weights(cpu_weights(online))
     learning = False
     try:
         while env_steps < cfg.total_steps:
             epsilon = linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
-            if not sampler.remote and local_weights_stale:
-                sampler.local.set_weights(cpu_weights(online))
-                local_weights_stale = False
-            batch = sampler.next_batch(step_chunk, epsilon, weights_ref)
+            batch = pool.sample(step_chunk, epsilon, frames_only)
             buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
                        batch["next_obs"], batch["terminated"], batch["truncated"],
                        batch["episode_starts"], batch.get("first_frames"))
@@ -495,14 +445,13 @@ def train(
             env_steps += batch["steps"]
             steps_since += batch["steps"]
             # Once learning starts it goes on (len() of the frame memory is not free).
-            learning = learning or (env_steps >= cfg.learning_starts
-                                    and len(buffer) >= cfg.batch_size)
+            learning = learning or (env_steps >= learn_from and len(buffer) >= cfg.batch_size)
             if learning:
                 owed += batch["steps"] * updates_per_step
                 n_updates = int(owed)
                 owed -= n_updates
                 if n_updates and graphs and graphed is None:
-                    graphed = capture_step(online, target, optimizer, cfg, sampler.obs_space,
+                    graphed = capture_step(online, target, optimizer, cfg, pool.obs_space,
                                            device)
                 if n_updates:
                     stats = learn(online, target, optimizer, buffer, n_updates, cfg, device,
@@ -512,9 +461,7 @@ def train(
                 updates += n_updates
                 updates_since += n_updates
                 if n_updates:
-                    local_weights_stale = True
-                    if sampler.remote:
-                        weights_ref = sampler.ray.put(cpu_weights(online))
+                    pool.set_weights(cpu_weights(online))
                 if env_steps - last_sync >= cfg.target_update_interval:
                     target.load_state_dict(online.state_dict())
                     last_sync = env_steps
@@ -531,6 +478,7 @@ def train(
                     "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
                     "perf/updates_per_s": updates_since / seconds if seconds else 0.0,
                     "train/updates": float(updates),
+                    "train/worker_restarts": float(pool.restarts),
                 }
                 if updates_since:
                     loss_q = (stats_sum / updates_since).tolist()
@@ -544,6 +492,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "env_steps": env_steps, "updates": updates, "last_sync": last_sync,
                     "next_eval": next_eval + cfg.eval_every,
+                    "worker_restarts": pool.restarts,
                     "replay": buffer.state_dict() if cfg.checkpoint_replay else None,
                 }
                 reporter.report(env_steps, metrics, history={"train/episode_return": returns},
@@ -554,6 +503,6 @@ def train(
                 steps_since = updates_since = 0
                 watch.lap()
     finally:
-        sampler.close()
-    example = np.asarray(sampler.obs_space.sample())[None]
+        pool.close()
+    example = np.asarray(pool.obs_space.sample())[None]
     return DQNResult(network=online.cpu(), metrics=metrics, example_obs=example)

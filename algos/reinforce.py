@@ -15,7 +15,6 @@ workers at once (with 0 workers, in the learner), always with the current weight
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +24,13 @@ import torch
 from torch import nn
 
 from algos.core import validation as v
-from algos.core.envs import EnvConfig, make_env
+from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
-from algos.core.rollout import RolloutWorker, remote_worker_class
 from algos.core.timing import Stopwatch
+from algos.core.workers import WorkerPool
 
 
 @dataclass
@@ -72,12 +71,15 @@ class ReinforceConfig:
     """Reset seed of the first evaluation episode (then +1 per episode)."""
     eval_greedy: bool = False
     """Evaluate the most probable action; false samples from the policy, as the course."""
+    max_worker_restarts: int = 5
+    """Rollout workers that may die in a run and be replaced in place; one more fails it."""
 
     def __post_init__(self) -> None:
         v.positive(self, "episodes", "episodes_per_update", "lr", "max_steps",
                    "envs_per_worker", "eval_episodes", "eval_every")
         v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
         v.at_least(self, "num_rollout_workers", 0)
+        v.at_least(self, "max_worker_restarts", 0)
         v.one_of(self, "network", ("auto", "mlp", "cnn"))
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
             raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
@@ -175,28 +177,19 @@ def train(
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
     factory = NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
-    probe = make_env(env_cfg)
-    obs_space, action_space = probe.observation_space, probe.action_space
-    probe.close()
-    policy = factory(obs_space, action_space).to(device)
+    # A resumed run's workers start new streams (seeded by where it resumes), not replays.
+    pool = WorkerPool(env_cfg, cfg.num_rollout_workers, cfg.envs_per_worker, factory, seed,
+                      start=state["episode"] if state else 0,
+                      max_restarts=cfg.max_worker_restarts)
+    obs_space = pool.obs_space
+    policy = factory(obs_space, pool.action_space).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     episode = env_steps = updates = 0
     if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
-    n_workers = cfg.num_rollout_workers
-    if n_workers:
-        import ray
-
-        from algos.core.placement import worker_options
-
-        actor = remote_worker_class()
-        workers = [actor.options(**worker_options(i)).remote(
-            env_cfg, cfg.envs_per_worker, factory, seed + 1000 * (i + 1) + episode, i)
-            for i in range(n_workers)]
-    else:
-        local = RolloutWorker(env_cfg, cfg.envs_per_worker, factory, seed + episode)
+        pool.restarts = state.get("worker_restarts", 0)
     returns: list[tuple[int, float]] = []
     losses, entropies, sources = [], [], []
     watch = Stopwatch()
@@ -206,15 +199,8 @@ def train(
     try:
         while episode < cfg.episodes:
             m = min(cfg.episodes_per_update, cfg.episodes - episode)
-            weights = {k: t.detach().cpu() for k, t in policy.state_dict().items()}
-            if n_workers:
-                ref = ray.put(weights)
-                shares = [m // n_workers + (i < m % n_workers) for i in range(n_workers)]
-                futures = [w.sample_episodes.remote(k, cfg.max_steps, ref)
-                           for w, k in zip(workers, shares, strict=True) if k]
-                batches = ray.get(futures)
-            else:
-                batches = [local.sample_episodes(m, cfg.max_steps, weights)]
+            pool.set_weights({k: t.detach().cpu() for k, t in policy.state_dict().items()})
+            batches = pool.sample_episodes(m, cfg.max_steps)
             eps = [ep for b in batches for ep in b]
             sources.append(len([b for b in batches if b]))
             loss, entropy = policy_loss(policy, eps, cfg.gamma, cfg.standardize_returns,
@@ -246,6 +232,7 @@ def train(
                     "loss/policy": float(np.mean(losses)),
                     "train/entropy": float(np.mean(entropies)),
                     "train/workers_per_update": float(np.mean(sources)),
+                    "train/worker_restarts": float(pool.restarts),
                     "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
                     "perf/updates_per_s": len(losses) / seconds if seconds else 0.0,
                 }
@@ -253,6 +240,7 @@ def train(
                     "policy": {k: t.detach().cpu() for k, t in policy.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "episode": episode, "env_steps": env_steps, "updates": updates,
+                    "worker_restarts": pool.restarts,
                 }
                 reporter.report(env_steps, metrics, history={"train/episode_return": returns},
                                 state=checkpoint, final=final)
@@ -262,12 +250,6 @@ def train(
                 steps_since = 0
                 watch.lap()
     finally:
-        if n_workers:
-            for w in workers:
-                ray.kill(w)
-        else:
-            local.close()
-    if not math.isfinite(metrics.get("eval/mean_return", 0.0)):
-        raise FloatingPointError("the evaluation return is not finite")
+        pool.close()
     example = np.asarray(obs_space.sample())[None]
     return ReinforceResult(network=policy.cpu(), metrics=metrics, example_obs=example)

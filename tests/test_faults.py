@@ -4,6 +4,9 @@ retried, and the rest of the sweep goes on; non-finite values reach MLflow."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -81,3 +84,126 @@ def test_a_diverging_trial_fails_at_once_is_not_retried_and_the_sweep_goes_on(wo
     assert "rlpipe.restored_from" not in bad.data.tags
     assert good.info.status == "FINISHED"
     assert len(client.get_metric_history(good.info.run_id, "eval/score")) == 3
+
+
+def _pid(actor) -> int:
+    return ray_get(actor.__ray_call__.remote(lambda self: __import__("os").getpid()))
+
+
+def ray_get(ref):
+    import ray
+
+    return ray.get(ref)
+
+
+def test_a_killed_rollout_worker_is_replaced_in_place_with_the_current_weights(local_ray):
+    import os
+    import signal
+
+    from algos.core.networks import NetworkFactory
+    from algos.core.workers import WorkerFailure, WorkerPool
+
+    env = EnvConfig(id="CartPole-v1")
+    pool = WorkerPool(env, 1, 2, NetworkFactory("mlp", (8,)), seed=0, max_restarts=1)
+    try:
+        weights = {k: v + 1.0 for k, v in NetworkFactory("mlp", (8,))(
+            pool.obs_space, pool.action_space).state_dict().items()}
+        pool.set_weights(weights)
+        assert sum(len(b) for b in pool.sample_episodes(4, 50)) == 4
+        os.kill(_pid(pool.workers[0]), signal.SIGKILL)  # the actor's process, for real
+        assert sum(len(b) for b in pool.sample_episodes(4, 50)) == 4  # played again
+        assert pool.restarts == 1
+        # The replacement got the current weights, not its constructor's.
+        got = ray_get(pool.workers[0].__ray_call__.remote(
+            lambda self: {k: v.clone() for k, v in self.net.state_dict().items()}))
+        assert all(bool((got[k] == weights[k]).all()) for k in weights)
+        batch = pool.sample(64, 1.0)  # the transition stream works on it too
+        assert batch["steps"] >= 64
+        os.kill(_pid(pool.workers[0]), signal.SIGKILL)
+        with pytest.raises(WorkerFailure, match="more than algo.max_worker_restarts=1"):
+            for _ in range(10):
+                pool.sample(64, 1.0)
+    finally:
+        pool.close()
+
+
+def test_a_resumed_or_replaced_worker_starts_new_streams_not_replays():
+    from algos.core.networks import NetworkFactory
+    from algos.core.workers import WorkerPool, worker_seed
+
+    assert worker_seed(7, 1) == 1007 and worker_seed(7, 0) == 7  # a fresh run's rule
+    seeds = {worker_seed(7, i, g, s) for i in (0, 1, 2) for g in (0, 1) for s in (0, 5000)}
+    assert len(seeds) == 12
+    first = [WorkerPool(EnvConfig(id="CartPole-v1"), 0, 4, NetworkFactory("mlp", (8,)),
+                        seed=0, start=start).local.obs for start in (0, 0, 5000)]
+    assert (first[0] == first[1]).all() and not (first[0] == first[2]).any()
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["memory refilled", "memory restored"])
+def test_a_resumed_dqn_refills_an_unsaved_memory_before_it_learns_again(replay):
+    from algos.core.reporting import MemoryReporter
+    from pipelines.config import compose_config
+
+    cfg = compose_config(["experiment=cartpole_dqn", "algo.total_steps=5000",
+                          "algo.eval_every=1000", "algo.eval_episodes=1",
+                          f"algo.checkpoint_replay={replay}"]).cfg
+    first = MemoryReporter()
+    train_dqn(cfg.algo, cfg.env, seed=0, reporter=first)
+    state = first.last_state  # at 5,000 steps, learning since 1,000
+    cfg.algo.total_steps = 7000
+    resumed = MemoryReporter()
+    train_dqn(cfg.algo, cfg.env, seed=0, reporter=resumed, state=state)
+    # At the first report after the resume, 1,000 steps on: a refilled memory (learning
+    # from 5,000 + learning_starts = 6,000) has learned at most one request's updates; a
+    # restored one learned all along (64 updates per 256 steps).
+    learned = resumed.reports[0]["train/updates"] - state["updates"]
+    assert learned >= 192 if replay else learned <= 64, learned
+
+
+def _rollout_worker_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if line.split()[1:2] == ["ray::RolloutWorker"]]
+
+
+def test_a_rollout_worker_killed_mid_run_is_replaced_and_the_trial_not_retried(workdir):
+    """SIGKILL of one RolloutWorker actor's process: the learner replaces it and carries
+    on; the trial is neither failed nor retried, and no evaluation is missing or twice."""
+    import os
+    import signal
+    import sys
+    import tempfile
+    import time
+
+    from tests.conftest import cli_env
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths are short
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", "experiment=cartpole_dqn",
+         "algo.num_rollout_workers=2", "cluster.num_cpus=3", "algo.total_steps=40000",
+         "tracking.flush_every_s=0"],
+        cwd=workdir, env=cli_env(ray_tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    killed, deadline = None, time.time() + 240
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            run = runs_of(client, "dqn-cartpole")[1][0]
+        except Exception:  # the store or the run is not there yet
+            continue
+        pids = _rollout_worker_pids()
+        if client.get_metric_history(run.info.run_id, "eval/score") and len(pids) == 2:
+            killed = pids[0]
+            os.kill(killed, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert killed, "the run ended before a worker could be killed:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-4000:]
+    assert "rollout worker" in out and "replacing it" in out
+    run = runs_of(client, "dqn-cartpole")[1][0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["train/worker_restarts"] == 1
+    assert "rlpipe.restored_from" not in run.data.tags  # Tune did not retry the trial
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/score")]
+    assert len(steps) == len(set(steps)) == 8, steps  # every 5,000 steps, none twice

@@ -164,7 +164,9 @@ class RolloutWorker:
 
 
 def remote_worker_class(num_cpus: float = 1.0):
-    """RolloutWorker as a Ray actor class (imported lazily: Ray is optional here)."""
+    """RolloutWorker as a Ray actor class (imported lazily: Ray is optional here). Ray does
+    not restart it: a restart would rerun its constructor with the same seed and replay its
+    episodes; algos.core.workers.WorkerPool replaces a dead worker instead."""
     import ray
 
-    return ray.remote(num_cpus=num_cpus, max_restarts=3, max_task_retries=0)(RolloutWorker)
+    return ray.remote(num_cpus=num_cpus, max_restarts=0, max_task_retries=0)(RolloutWorker)
