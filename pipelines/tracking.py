@@ -250,35 +250,54 @@ class RunLogger:
             tuple[int, Mapping[str, float], Mapping[str, Sequence[tuple[int, float]]] | None]
         ],
     ) -> None:
-        """Log reports of (step, metrics, history) in as few calls as MLflow allows.
+        """Log reports of (step, metrics, history) in as few calls as MLflow allows."""
+        queue = [self.report_points(*report) for report in reports]
+        self.send(queue)
 
-        `train/env_steps` points go last, so that a step's `train/env_steps` in the store
-        means everything of that step is there; steps at or below the watermark (logged
-        before a restart) are skipped. NaN and infinite values are logged as they are
-        (MLflow keeps NaN, and stores infinities as the largest float): never dropped.
+    def report_points(
+        self, step: int, metrics: Mapping[str, float],
+        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+    ) -> list:
+        """One report's points, stamped now (when it is made, not when it is written).
+
+        Its `train/env_steps` point goes last, and send() writes a report whole, so that a
+        step's `train/env_steps` in the store means everything of that step is there;
+        steps at or below the watermark (logged before a restart) are skipped. NaN and
+        infinite values are logged as they are (MLflow keeps NaN, and stores infinities
+        as the largest float): never dropped.
         """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        points, marks = [], []
-        for step, metrics, history in reports:
-            for name, series in (history or {}).items():
-                points += [
-                    Metric(name, float(value), now, int(s))
-                    for s, value in series
-                    if s > self.watermark
-                ]
-            if step <= self.watermark:
+        points = [
+            Metric(name, float(value), now, int(s))
+            for name, series in (history or {}).items()
+            for s, value in series
+            if s > self.watermark
+        ]
+        if step > self.watermark:
+            points += [Metric(name, float(value), now, int(step))
+                       for name, value in metrics.items() if name != "train/env_steps"]
+            points.append(Metric("train/env_steps", float(step), now, int(step)))
+        return points
+
+    def send(self, queue: list[list]) -> None:
+        """Write queued reports (lists of points), whole reports per call, as many as fit
+        in MLflow's batch, removing each from the queue once written: when a call fails,
+        the queue holds exactly what was not written. (A report larger than a batch is
+        written in pieces.)"""
+        while queue:
+            batch, taken = [], 0
+            while taken < len(queue) and (not batch or len(batch) + len(queue[taken]) <= BATCH):
+                batch += queue[taken]
+                taken += 1
+            if len(batch) > BATCH:  # one report alone exceeds a batch
+                self.client.log_batch(self.run_id, metrics=batch[:BATCH])
+                del queue[0][:BATCH]
                 continue
-            points += [
-                Metric(name, float(value), now, int(step))
-                for name, value in metrics.items()
-                if name != "train/env_steps"
-            ]
-            marks.append(Metric("train/env_steps", float(step), now, int(step)))
-        points += marks
-        for i in range(0, len(points), BATCH):
-            self.client.log_batch(self.run_id, metrics=points[i:i + BATCH])
+            if batch:
+                self.client.log_batch(self.run_id, metrics=batch)
+            del queue[:taken]
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log plain metrics at one step (no watermark, no env-step bookkeeping)."""
@@ -336,6 +355,21 @@ def stop_system_metrics(monitor) -> None:
         import logging
 
         logging.getLogger("rlpipe").warning("last system-metrics sample not logged: %s", e)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a tracking call failed because the server could not be reached or answered
+    with a server error (after the client's own retries), not because it refused it."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, MlflowException):
+        text = str(error)
+        return ("API request to" in text and "failed with" in text) or error.error_code in (
+            "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
+    return False
 
 
 def set_run_status(uri: str, run_id: str, status: str, only_if_running: bool = True) -> None:

@@ -6,6 +6,7 @@ The trial is the only place where an algorithm meets Tune and MLflow, through
 
 from __future__ import annotations
 
+import logging
 import pickle
 import shutil
 import sys
@@ -22,9 +23,15 @@ from algos.registry import get_algorithm
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, flat_params, load
 from pipelines.models import log_model
-from pipelines.tracking import RunLogger, start_system_metrics, stop_system_metrics
+from pipelines.tracking import (
+    RunLogger,
+    is_outage,
+    start_system_metrics,
+    stop_system_metrics,
+)
 
 STATE_FILE = "state.pkl"
+log = logging.getLogger("rlpipe")
 FAILURE_TAG = "rlpipe.failure"
 """Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
 FAILURE_KEY, FAILURE_MESSAGE_KEY = "rlpipe/failure", "rlpipe/failure_message"
@@ -95,14 +102,30 @@ def thin(series: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int
     return out
 
 
+class TrackingOutage(RuntimeError):
+    """The tracking server stayed unreachable longer than a trial can hold its points."""
+
+
+BUFFER_LIMIT = 500_000
+"""Most metric points a trial holds while the tracking server is unreachable (about 100 MB);
+past it the trial fails, and its retry regenerates them from its last checkpoint."""
+FINAL_WAIT_S = 600.0
+"""How long a trial's last report waits for the tracking server to come back."""
+
+
 class TrialReporter:
     """The Reporter an algorithm gets inside a trial: to MLflow and to Tune.
 
     Every report goes to Tune at once (schedulers and searchers see it). MLflow writes are
     buffered for up to `flush_every_s`, and a checkpoint is kept at most every
-    `checkpoint_every_s` and at the last report. The buffer is always written before a
-    checkpoint, so a trial restarted from its newest checkpoint regenerates whatever was
+    `checkpoint_every_s` and at the last report. A checkpoint waits until the buffer is
+    written, so a trial restarted from its newest checkpoint regenerates exactly what was
     not written yet, and RunLogger's watermark skips what was.
+
+    While the tracking server cannot be reached (after the MLflow client's own retries)
+    the trial trains on: its points stay buffered (at most BUFFER_LIMIT, the size logged)
+    and are tried again at each flush; checkpoints wait; the last report waits up to
+    FINAL_WAIT_S for the server.
     """
 
     def __init__(
@@ -116,15 +139,49 @@ class TrialReporter:
         self.max_points = max_points_per_report
         self.checkpoint_every_s = checkpoint_every_s
         self.flush_every_s = flush_every_s
-        self.pending: list[tuple[int, Mapping[str, float], Any]] = []
+        self.unsent: list[list] = []
+        """Reports' points not written yet, oldest first."""
+        self.outage_since: float | None = None
         self.last_checkpoint = self.last_flush = time.monotonic()
 
-    def flush(self) -> None:
-        """Write the buffered reports to MLflow."""
-        if self.pending:
-            self.logger.log_reports(self.pending)
-            self.pending = []
-        self.last_flush = time.monotonic()
+    def flush(self) -> bool:
+        """Write the buffered points; True when none is left. A tracking outage keeps them
+        for the next flush (False); a refusal by the server, or a buffer past
+        BUFFER_LIMIT, raises."""
+        now = self.last_flush = time.monotonic()
+        try:
+            self.logger.send(self.unsent)
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            held = sum(len(points) for points in self.unsent)
+            self.outage_since = self.outage_since or now
+            down = now - self.outage_since
+            if held > BUFFER_LIMIT:
+                raise TrackingOutage(
+                    f"the tracking server has been unreachable for {down:.0f} s and "
+                    f"{held:,} metric points are held, more than {BUFFER_LIMIT:,}: "
+                    "failing the trial; its retry regenerates them from its last checkpoint"
+                ) from e
+            log.warning("tracking server unreachable for %.0f s (%s): %d reports (%d points) "
+                        "held, tried again at the next flush", down,
+                        str(e).splitlines()[0][:200], len(self.unsent), held)
+            return False
+        if self.outage_since is not None:
+            log.warning("tracking server reachable again after %.0f s: held points written",
+                        now - self.outage_since)
+            self.outage_since = None
+        return True
+
+    def wait_for_tracking(self, seconds: float = FINAL_WAIT_S, every: float = 5.0) -> None:
+        """Flush until everything is written, for up to `seconds` (raises TrackingOutage)."""
+        deadline = time.monotonic() + seconds
+        while not self.flush():
+            if time.monotonic() > deadline:
+                raise TrackingOutage(
+                    f"the tracking server did not come back within {seconds:.0f} s of the "
+                    "trial's end; its retry regenerates the unwritten points")
+            time.sleep(every)
 
     def report(
         self,
@@ -138,13 +195,18 @@ class TrialReporter:
         from ray import tune
 
         history = {k: thin(v, self.max_points) for k, v in (history or {}).items()}
-        self.pending.append((step, dict(metrics), history))
+        self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
         checkpoint = state is not None and (
             final or now - self.last_checkpoint >= self.checkpoint_every_s
         )
+        written = not self.unsent
         if checkpoint or final or now - self.last_flush >= self.flush_every_s:
-            self.flush()
+            written = self.flush()
+        if final and not written:
+            self.wait_for_tracking()
+            written = True
+        checkpoint = checkpoint and written  # else: after the outage
         result = {**metrics, "train/env_steps": float(step)}
         if not checkpoint:
             tune.report(result)

@@ -207,3 +207,60 @@ def test_a_rollout_worker_killed_mid_run_is_replaced_and_the_trial_not_retried(w
     assert "rlpipe.restored_from" not in run.data.tags  # Tune did not retry the trial
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/score")]
     assert len(steps) == len(set(steps)) == 8, steps  # every 5,000 steps, none twice
+
+
+def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_path, workdir):
+    """A real MLflow server stopped, mid-run, for longer than the client's retry budget,
+    then started again on the same store: the trial trains on, holds its points, writes
+    them when the server is back, and ends with every evaluation once."""
+    import sys
+    import tempfile
+    import time
+
+    from tests.conftest import MlflowServer, cli_env
+
+    server = MlflowServer(tmp_path)
+    server.start()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**cli_env(ray_tmp), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", "experiment=taxi_course",
+         "algo.episodes=100000", "algo.report_every=5000", f"tracking.uri={server.uri}",
+         "tracking.flush_every_s=0", "cluster.checkpoint_every_s=0", "cluster.num_cpus=2"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = MlflowClient(server.uri)
+    outage, deadline = None, time.time() + 240
+    try:
+        while outage is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.3)
+            try:
+                run = runs_of(client, "q_learning-taxi")[1][0]
+                seen = len(client.get_metric_history(run.info.run_id, "eval/score"))
+            except Exception:  # not there yet
+                continue
+            if seen >= 2:
+                server.stop()
+                outage = time.monotonic()
+                time.sleep(10)  # five times the client's budget (no retry, 2 s timeout)
+                server.start()
+                outage = time.monotonic() - outage
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    try:
+        assert outage, "the run ended before the outage:\n" + out[-3000:]
+        assert proc.returncode == 0, out[-4000:]
+        assert "tracking server unreachable" in out and "reachable again" in out, out[-3000:]
+        run = runs_of(client, "q_learning-taxi")[1][0]
+        assert run.info.status == "FINISHED"
+        assert "rlpipe.restored_from" not in run.data.tags  # not retried
+        for name in ("eval/score", "train/env_steps"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+            assert len(steps) == len(set(steps)) == 20, (name, steps)  # none lost, none twice
+        returns = client.get_metric_history(run.info.run_id, "train/episode_return")
+        assert len(returns) == len({m.step for m in returns}) == 20 * 200
+    finally:
+        server.stop()

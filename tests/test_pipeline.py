@@ -200,9 +200,13 @@ def test_optuna_with_asha_over_config_groups(workdir):
     assert best["metric"] == "eval/score" and best["run_id"]
 
 
-def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir):
-    """Ctrl+C (SIGINT) mid-sweep: exit 130, unfinished runs KILLED, state saved. Then
-    `resume=<name>` finishes them into the same runs, from their checkpoints."""
+@pytest.mark.parametrize("how", ["ctrl+c", "sigkill"])
+def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir, how):
+    """Ctrl+C (SIGINT) mid-sweep: exit 130, unfinished runs KILLED, state saved. Or the
+    driver's whole process group SIGKILLed (its Ray too): nothing gets to clean up. Then
+    `resume=<name>` finishes every trial into its own run, from its checkpoints, with no
+    metric point twice."""
+    import os
     import signal
     import subprocess
     import sys
@@ -217,21 +221,28 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir, env=cli_env(ray_tmp),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     trials = workdir / "ray_results" / "resumable"
     deadline = time.time() + 240
     while not list(trials.glob("trial_*/checkpoint_000002")) and time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 130, out[-3000:]
-    assert "resume=resumable" in out.splitlines()[-1]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    _, parents, children = runs_of(client, "sweeps")
-    assert parents[0].info.status == "KILLED"
-    assert "KILLED" in {c.info.status for c in children}
+    if how == "sigkill":
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == -signal.SIGKILL
+        _, parents, children = runs_of(client, "sweeps")
+        assert parents[0].info.status == "RUNNING"  # nothing could mark it
+    else:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 130, out[-3000:]
+        assert "resume=resumable" in out.splitlines()[-1]
+        _, parents, children = runs_of(client, "sweeps")
+        assert parents[0].info.status == "KILLED"
+        assert "KILLED" in {c.info.status for c in children}
 
     result = run_cli("pipelines.sweep", ["resume=resumable"], workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
