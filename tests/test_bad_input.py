@@ -49,6 +49,8 @@ CASES = [
     # Resources that cannot work: known before Ray starts.
     (TRAIN, ["algo=dqn", "env=cartpole", "algo.buffer_size=100000000000"],
      ["algo.buffer_size=100000000000", "replay memory needs 4,190.95 GiB", "lower"]),
+    (TRAIN, ["algo=dqn", "env=cartpole", "algo.max_worker_restarts=-1"],
+     ["algo.max_worker_restarts", ">= 0"]),
     (TRAIN, ["cluster.storage_path=/proc/nope"], ["cluster.storage_path=/proc/nope",
                                                    "cannot write there"]),
     (TRAIN, ["cluster.storage_path=ftp://host/x"], ["cluster.storage_path=ftp://host/x",
