@@ -47,9 +47,9 @@ if "CrashOnceFrozenLake-v0" not in gym.registry:
     )
 
 
-class NaNRewardCartPole(CartPoleEnv):
-    """CartPole whose reward is NaN from the `nan_from`-th step on (counted over the env's
-    life): a broken env, which must stop training at once rather than train on NaN."""
+class NaNRewardAfter:
+    """Mixed into an env: its reward is NaN from the `nan_from`-th step of its life on (a
+    broken env, which must stop training at once rather than train on NaN)."""
 
     def __init__(self, nan_from: int = 600, **kwargs):
         super().__init__(**kwargs)
@@ -58,22 +58,19 @@ class NaNRewardCartPole(CartPoleEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
         self.steps += 1
-        return obs, float("nan") if self.steps >= self.nan_from else reward, terminated, \
-            truncated, info
+        nan = self.steps >= self.nan_from
+        return obs, float("nan") if nan else reward, terminated, truncated, info
 
 
-class NaNRewardFrozenLake(FrozenLakeEnv):
-    """FrozenLake 4x4 (not slippery) whose reward is NaN from the `nan_from`-th step on."""
+class NaNRewardCartPole(NaNRewardAfter, CartPoleEnv):
+    """CartPole with NaN rewards from its 600th step."""
+
+
+class NaNRewardFrozenLake(NaNRewardAfter, FrozenLakeEnv):
+    """FrozenLake 4x4, not slippery, with NaN rewards from its 600th step."""
 
     def __init__(self, nan_from: int = 600, **kwargs):
-        super().__init__(map_name="4x4", is_slippery=False, **kwargs)
-        self.nan_from, self.steps = nan_from, 0
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = super().step(action)
-        self.steps += 1
-        return obs, float("nan") if self.steps >= self.nan_from else reward, terminated, \
-            truncated, info
+        super().__init__(nan_from, map_name="4x4", is_slippery=False, **kwargs)
 
 
 for _name, _steps in (("NaNRewardCartPole-v0", 500), ("NaNRewardFrozenLake-v0", 100)):
