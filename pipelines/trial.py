@@ -200,13 +200,13 @@ class TrialReporter:
         checkpoint = state is not None and (
             final or now - self.last_checkpoint >= self.checkpoint_every_s
         )
-        written = not self.unsent
+        written = False
         if checkpoint or final or now - self.last_flush >= self.flush_every_s:
             written = self.flush()
         if final and not written:
             self.wait_for_tracking()
             written = True
-        checkpoint = checkpoint and written  # else: after the outage
+        checkpoint = checkpoint and written  # during an outage: after it
         result = {**metrics, "train/env_steps": float(step)}
         if not checkpoint:
             tune.report(result)

@@ -87,13 +87,12 @@ def test_a_diverging_trial_fails_at_once_is_not_retried_and_the_sweep_goes_on(wo
 
 
 def _pid(actor) -> int:
-    return ray_get(actor.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    """The process id of a Ray actor."""
+    import os
 
-
-def ray_get(ref):
     import ray
 
-    return ray.get(ref)
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
 
 
 def test_a_killed_rollout_worker_is_replaced_in_place_with_the_current_weights(local_ray):
@@ -114,7 +113,7 @@ def test_a_killed_rollout_worker_is_replaced_in_place_with_the_current_weights(l
         assert sum(len(b) for b in pool.sample_episodes(4, 50)) == 4  # played again
         assert pool.restarts == 1
         # The replacement got the current weights, not its constructor's.
-        got = ray_get(pool.workers[0].__ray_call__.remote(
+        got = local_ray.get(pool.workers[0].__ray_call__.remote(
             lambda self: {k: v.clone() for k, v in self.net.state_dict().items()}))
         assert all(bool((got[k] == weights[k]).all()) for k in weights)
         batch = pool.sample(64, 1.0)  # the transition stream works on it too
