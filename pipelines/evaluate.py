@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from pipelines.cli import run_main
 from pipelines.config import UserError, compose_config, parse_overrides
@@ -23,7 +22,7 @@ EXAMPLES = [
 
 def _body(args: list[str]) -> int:
     from pipelines.models import play
-    from pipelines.tracking import check_tracking, resolve_uri
+    from pipelines.tracking import readable_store
 
     for o in parse_overrides(args):
         if o.is_sweep_override():
@@ -31,10 +30,7 @@ def _body(args: list[str]) -> int:
     cfg = compose_config(args).cfg
     if not cfg.evaluate.run_id:
         raise UserError("evaluate.run_id: required, the MLflow run whose model plays")
-    uri = resolve_uri(cfg.tracking.uri)
-    check_tracking(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"tracking.uri={uri}: no MLflow store there to read runs from")
+    uri = readable_store(cfg.tracking.uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 

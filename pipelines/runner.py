@@ -34,6 +34,7 @@ from pipelines.tracking import (
     find_run,
     get_or_create_experiment,
     resolve_uri,
+    run_url,
     set_run_status,
     ui_hint,
     write_json_artifact,
@@ -325,34 +326,15 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
         parent.log_metrics({"perf/sweep_wall_s": fit_seconds, "perf/trials": len(results)})
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
-    best = None
-    try:
-        best = results.get_best_result(metric, mode, scope="last", filter_nan_and_inf=True)
-    except (RuntimeError, KeyError, ValueError):
-        pass
-    print(_summary_table(results, ctx, metric))
-    if best is not None and best.metrics and metric in best.metrics:
-        best_run = find_run(ctx.tracking_uri, ctx.experiment_id,
-                            run_key(ctx, best.metrics["trial_id"]))
-        summary = {
-            "metric": metric,
-            "mode": mode,
-            "value": best.metrics[metric],
-            "trial_id": best.metrics["trial_id"],
-            "run_id": best_run.info.run_id if best_run else None,
-            "params": best_run.data.params if best_run else {},
-            "overrides": best.config,
-        }
-        print(f"Best trial: {' '.join(f'{k}={v}' for k, v in best.config.items()) or '-'} "
-              f"with {metric} = {best.metrics[metric]:.4g}")
-        if parent:
-            parent.set_tags({
-                "best.run_id": summary["run_id"],
-                "best.trial_id": summary["trial_id"],
-                **{f"best.{k}": v for k, v in best.config.items()},
-            })
-            parent.log_metrics({f"best/{metric}": float(best.metrics[metric])})
-            write_json_artifact(parent, summary, "best_trial.json")
+    if parent:
+        from pipelines.summary import summarize_sweep
+
+        _, text = summarize_sweep(parent, ctx.experiment_id, metric, mode,
+                                  ui_run=lambda run_id: run_url(ctx.tracking_uri,
+                                                                ctx.experiment_id, run_id))
+        print(text)
+    else:
+        print(_summary_table(results, ctx, metric))
     for r in errors:
         print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
     for r in failed:

@@ -183,6 +183,14 @@ class EvaluateConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What python -m pipelines.report summarizes."""
+
+    sweep: str | None = None
+    """The sweep's name (its MLflow parent run's name, sweep.name)."""
+
+
+@dataclass
 class PipelineConfig:
     """The root of the composed config."""
 
@@ -192,6 +200,7 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     resume: str | None = None
 

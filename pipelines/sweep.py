@@ -27,7 +27,8 @@ EXAMPLES = [
 ]
 
 
-def _body(args: list[str]) -> int:
+def sweep_body(args: list[str]) -> int:
+    """Run the sweep the overrides describe (or resume one)."""
     from pipelines import runner
     from pipelines.space import plan_sweep
 
@@ -54,7 +55,8 @@ def resume_from(parsed) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    return run_main("pipelines.sweep", SUMMARY, EXAMPLES, _body, argv)
+    return run_main("pipelines.sweep", SUMMARY, EXAMPLES, sweep_body, argv,
+                    multirun=sweep_body)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,27 @@ def check_tracking(uri: str) -> None:
             raise UserError(f"tracking.uri={uri}: the folder {folder} does not exist")
 
 
+def readable_store(uri: str) -> str:
+    """The resolved URI of a store to read runs from; bad input (UserError) when it cannot
+    be reached or holds nothing yet."""
+    uri = resolve_uri(uri)
+    check_tracking(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"tracking.uri={uri}: no MLflow store there to read runs from")
+    return uri
+
+
+LOCAL_UI = "http://127.0.0.1:5000"
+"""Where `mlflow ui` serves a local store."""
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the UI: on the tracking server, or on the `mlflow ui` of a local
+    store (ui_hint says how to start it)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{redact_uri(base)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def ui_hint(uri: str, experiment_id: str, experiment_name: str) -> str:
     """The last line a user sees: how to open these runs in the MLflow UI."""
     query = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -127,7 +148,7 @@ def ui_hint(uri: str, experiment_id: str, experiment_name: str) -> str:
         command = f"{mlflow_cmd} ui --backend-store-uri {uri}"
     return (
         f"See the runs of experiment '{experiment_name}': {command}, then open "
-        f"http://127.0.0.1:5000/{query}"
+        f"{LOCAL_UI}/{query}"
     )
 
 

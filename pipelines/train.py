@@ -14,6 +14,8 @@ EXAMPLES = [
     "experiment=taxi_course tracking.uri=http://127.0.0.1:5000",
     "experiment=cartpole_dqn algo.num_rollout_workers=1",
     "resume=train-pong_dqn-20261128-120000",
+    "-m experiment=taxi_course 'seed=range(0,3)'   # a sweep, as Hydra's multirun",
+    "experiment=cartpole_dqn --cfg job --resolve",
 ]
 
 
@@ -36,9 +38,16 @@ def _body(args: list[str]) -> int:
     return runner.launch(plan_sweep(args, sweep_params=False), kind="train")
 
 
+def _multirun(args: list[str]) -> int:
+    """-m/--multirun: the overrides run as a sweep, as Hydra's multirun would."""
+    from pipelines.sweep import sweep_body
+
+    return sweep_body(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    return run_main("pipelines.train", SUMMARY, EXAMPLES, _body, argv)
+    return run_main("pipelines.train", SUMMARY, EXAMPLES, _body, argv, multirun=_multirun)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from algos.registry import get_algorithm
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, flat_params, load
 from pipelines.models import log_model
+from pipelines.summary import CONFIG_TAG, config_label
 from pipelines.tracking import (
     RunLogger,
     is_outage,
@@ -235,6 +236,8 @@ def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger:
     if composed.choices.get("experiment"):
         tags["experiment"] = composed.choices["experiment"]
     swept = [o for o in composed.overrides if o not in ctx.fixed]
+    # A sweep's configurations differ in their swept overrides; a train run is its own.
+    tags[CONFIG_TAG] = config_label(swept if ctx.parent_run_id else composed.overrides)
     run_name = ",".join(swept) if ctx.parent_run_id else ctx.name
     return RunLogger.open(
         ctx.tracking_uri,

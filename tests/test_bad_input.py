@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import free_port, run_cli
 
 TRAIN, SWEEP, EVALUATE = "pipelines.train", "pipelines.sweep", "pipelines.evaluate"
+REPORT = "pipelines.report"
 
 CASES = [
     # (entry point, args, text the one line must contain)
@@ -58,6 +59,11 @@ CASES = [
     (EVALUATE, [], ["evaluate.run_id", "required"]),
     (EVALUATE, ["evaluate.run_id=abc"], ["tracking.uri=sqlite:///", "no MLflow store"]),
     (EVALUATE, ["evaluate.run_id=abc", "evaluate.episodes=0"], ["evaluate.episodes", "> 0"]),
+    (EVALUATE, ["-m", "evaluate.run_id=abc"], ["-m/--multirun", "pipelines.sweep"]),
+    (REPORT, [], ["report.sweep", "required"]),
+    (REPORT, ["report.sweep=x"], ["tracking.uri=sqlite:///", "no MLflow store"]),
+    (TRAIN, ["--cfg", "jobs"], ["--cfg", "invalid choice: 'jobs'", "'job', 'hydra', 'all'"]),
+    (TRAIN, ["--resolve"], ["--resolve", "with --cfg"]),
     (SWEEP, ["sweep=nope"], ["sweep=nope", "quickstart"]),
     (SWEEP, ["algo.lr=interval(0.1"], ["algo.lr=interval(0.1", "not a valid override"]),
     (SWEEP, ["algo.lr=interval(-1,1)"], ["algo.lr", "must be > 0"]),

@@ -17,7 +17,7 @@ SMALL = [
     "algo.report_every=100",
     "cluster.num_cpus=2",
 ]
-SWEEP4 = SMALL + ["algo.lr=0.5,0.9", "seed=range(0,2)", "sweep.name=four"]
+SWEEP6 = SMALL + ["algo.lr=0.5,0.9", "seed=range(0,3)", "sweep.name=six"]
 
 
 def runs_of(client: MlflowClient, experiment: str):
@@ -30,18 +30,19 @@ def runs_of(client: MlflowClient, experiment: str):
     return exp, parents, children
 
 
-def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "sweeps") -> None:
+def check_six_trial_sweep(client: MlflowClient, result, experiment: str = "sweeps"):
     """Exactly one parent and one child per trial, with params, tags, stepped metrics,
-    the config and the model as artifacts, and the best trial summarized on the parent."""
+    the config and the model as artifacts; the parent summarizes each configuration over
+    its seeds."""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     exp, parents, children = runs_of(client, experiment)
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 6
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name == "four"
+    assert parent.info.run_name == "six"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     combos = {(c.data.params["algo.lr"], c.data.params["seed"]) for c in children}
-    assert combos == {("0.5", "0"), ("0.5", "1"), ("0.9", "0"), ("0.9", "1")}
+    assert combos == {(lr, seed) for lr in ("0.5", "0.9") for seed in ("0", "1", "2")}
     for child in children:
         assert child.info.status == "FINISHED"
         tags = child.data.tags
@@ -67,10 +68,8 @@ def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "swee
         assert {"config.yaml", "model"} <= top
         model = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
         assert model == {"model/q_table.npy", "model/meta.json"}
-    best = max(children, key=lambda c: c.data.metrics["eval/score"])
-    assert parent.data.metrics["best/eval/score"] == best.data.metrics["eval/score"]
-    assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
-    assert {"best.algo.lr", "best.seed"} <= set(parent.data.tags)
+        assert tags["config"] == f"algo.lr={params['algo.lr']}"  # swept, seed left out
+    check_summary(client, parent, children)
     assert parent.data.params["space.algo.lr"] == "0.5,0.9"
     # The cluster it ran on: the local Ray of cluster.num_cpus=2.
     assert (parent.data.tags["cluster.nodes"], parent.data.tags["cluster.cpus"]) == ("1", "2")
@@ -78,11 +77,59 @@ def check_four_trial_sweep(client: MlflowClient, result, experiment: str = "swee
     assert f"#/experiments/{exp.experiment_id}/runs" in result.last_line
 
 
-def test_sweep_of_four_trials_logs_one_parent_and_four_children(workdir):
-    result = run_cli("pipelines.sweep", SWEEP4, workdir)
+def check_summary(client: MlflowClient, parent, children) -> None:
+    """The parent's per-configuration table agrees with the children's own metrics."""
+    import tempfile
+
+    import numpy as np
+    from scipy import stats
+
+    from pipelines.summary import read_summary
+
+    workdir = Path(tempfile.mkdtemp(prefix="summary-"))
+    configs = {c.data.tags["config"] for c in children}
+    assert configs == {"algo.lr=0.5", "algo.lr=0.9"}
+    rows = read_summary(client.download_artifacts(parent.info.run_id, "summary.json",
+                                                  str(workdir)))
+    assert {(r["config"], r["at"]) for r in rows} == {(c, at) for c in configs
+                                                      for at in ("last", "best")}
+    for row in rows:
+        mine = [c for c in children if c.data.tags["config"] == row["config"]]
+        if row["at"] == "last":
+            values = [c.data.metrics["eval/score"] for c in mine]
+        else:
+            values = [max(m.value for m in client.get_metric_history(c.info.run_id,
+                                                                     "eval/score"))
+                      for c in mine]
+        assert row["n"] == 3 and row["env"] == "frozenlake"
+        assert row["mean"] == pytest.approx(np.mean(values))
+        assert row["iqm"] == pytest.approx(stats.trim_mean(values, 0.25))
+        assert row["mean_low"] <= row["mean"] <= row["mean_high"]
+        assert row["iqm_low"] <= row["iqm"] <= row["iqm_high"]
+        assert row["top_run_id"] in {c.info.run_id for c in mine}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "summary.csv", "curves.png"} <= artifacts
+    png = client.download_artifacts(parent.info.run_id, "curves.png", str(workdir))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    winner = next(r for r in rows if r["at"] == "last" and r["rank"] == 1)
+    assert parent.data.tags["best.frozenlake.config"] == winner["config"]
+    assert parent.data.tags["best.frozenlake.run_id"] == winner["top_run_id"]
+    assert parent.data.metrics["best/frozenlake/iqm"] == pytest.approx(winner["iqm"])
+
+
+def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
+    result = run_cli("pipelines.sweep", SWEEP6, workdir)
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    check_four_trial_sweep(client, result)
+    check_six_trial_sweep(client, result)
+    assert "Best on frozenlake: algo.lr=" in result.stdout
     assert result.last_line.startswith("See the runs of experiment 'sweeps':")
+    report = run_cli("pipelines.report", ["report.sweep=six"], workdir)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "Sweep six (FINISHED)" in report.stdout and "algo.lr=0.9" in report.stdout
+    unknown = run_cli("pipelines.report", ["report.sweep=seven"], workdir)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == ("error: report.sweep=seven: no sweep of that name; "
+                                      "sweeps there: six")
     assert f"cd {workdir} && " in result.last_line and "mlflow ui" in result.last_line
     # The Q-table logged is the trained one: greedy play from it solves the lake.
     _, _, children = runs_of(client, "sweeps")
@@ -107,9 +154,9 @@ def test_sweep_of_four_trials_logs_one_parent_and_four_children(workdir):
 
 
 def test_sweep_against_a_tracking_server_over_http(workdir, mlflow_server):
-    result = run_cli("pipelines.sweep", SWEEP4 + [f"tracking.uri={mlflow_server}"], workdir)
+    result = run_cli("pipelines.sweep", SWEEP6 + [f"tracking.uri={mlflow_server}"], workdir)
     client = MlflowClient(mlflow_server)
-    check_four_trial_sweep(client, result)
+    check_six_trial_sweep(client, result)
     assert result.last_line.startswith("See the runs of experiment 'sweeps' at http://127.0.0.1:")
     assert not (workdir / "mlflow.db").exists()
     _, _, children = runs_of(client, "sweeps")
@@ -195,9 +242,15 @@ def test_optuna_with_asha_over_config_groups(workdir):
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.params["env.id"] for c in children} <= {"FrozenLake-v1", "Taxi-v3"}
     assert all(c.info.status == "FINISHED" for c in children)
-    best = json.loads(Path(client.download_artifacts(
-        parents[0].info.run_id, "best_trial.json", str(workdir))).read_text())
-    assert best["metric"] == "eval/score" and best["run_id"]
+    from pipelines.summary import read_summary
+
+    rows = read_summary(client.download_artifacts(parents[0].info.run_id, "summary.json",
+                                                  str(workdir)))
+    envs = {c.data.tags["env"] for c in children}
+    assert {r["env"] for r in rows} == envs
+    for env in envs:  # ranked within each env, never across
+        ranks = sorted(r["rank"] for r in rows if r["env"] == env and r["at"] == "last")
+        assert ranks == list(range(1, len(ranks) + 1))
 
 
 @pytest.mark.parametrize("how", ["ctrl+c", "sigkill"])
@@ -243,6 +296,12 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
         _, parents, children = runs_of(client, "sweeps")
         assert parents[0].info.status == "KILLED"
         assert "KILLED" in {c.info.status for c in children}
+        # The interrupted sweep summarizes from what its trials reported so far.
+        report = run_cli("pipelines.report", ["report.sweep=resumable"], workdir)
+        assert report.returncode == 0, report.stderr[-3000:]
+        assert "Sweep resumable (KILLED)" in report.stdout
+        assert "Best on taxi: base" in report.stdout and "n*" in report.stdout
+        assert not report.ray_started
 
     result = run_cli("pipelines.sweep", ["resume=resumable"], workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -329,5 +388,5 @@ def test_credentials_in_the_tracking_uri_are_never_written(workdir, mlflow_serve
     for path in (workdir / "ray_results").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-    shown = run_cli("pipelines.sweep", [f"tracking.uri={uri}", "--cfg"], workdir)
+    shown = run_cli("pipelines.sweep", [f"tracking.uri={uri}", "--cfg", "job"], workdir)
     assert secret not in shown.stdout and "alice:***@" in shown.stdout

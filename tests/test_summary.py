@@ -1,0 +1,76 @@
+"""The per-configuration statistics of a sweep, on numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipelines.summary import Trial, config_label, format_table, interval, summarize, winners
+
+
+def trial(env: str, config: str, seed: int, *values: float, status: str = "FINISHED"):
+    return Trial(run_id=f"{env}-{config}-{seed}", env=env, config=config, seed=str(seed),
+                 status=status, curve=[(1000 * (i + 1), v) for i, v in enumerate(values)])
+
+
+def test_the_config_label_is_the_swept_overrides_without_the_seed_in_a_stable_order():
+    assert config_label(["seed=3", "experiment=taxi_course", "algo.lr=0.3"]) == (
+        "algo.lr=0.3 experiment=taxi_course")
+    assert config_label(["seed=1"]) == "base"
+    assert config_label(["tracking.uri=x", "cluster.num_cpus=2", "+algo.x=1"]) == "+algo.x=1"
+
+
+def test_iqm_mean_and_ranking_by_hand():
+    # last values 1, 2, 3, 4, 100: mean 22, IQM the middle half (trim 25% = 1 each side)
+    # = (2 + 3 + 4) / 3 = 3. The other config: 5, 5, 5, 5, 0 -> mean 4, IQM 5.
+    a = [trial("taxi", "lr=a", s, 0.0, v) for s, v in enumerate([1, 2, 3, 4, 100])]
+    b = [trial("taxi", "lr=b", s, 9.0, v) for s, v in enumerate([5, 5, 5, 5, 0])]
+    rows = summarize(a + b, "max")
+    last = {r.config: r for r in rows if r.at == "last"}
+    best = {r.config: r for r in rows if r.at == "best"}
+    assert last["lr=a"].mean == 22 and last["lr=a"].iqm == pytest.approx(3)
+    assert last["lr=a"].median == 3 and last["lr=a"].n == 5
+    assert last["lr=a"].std == pytest.approx(math.sqrt(sum((x - 22) ** 2 for x in
+                                                           [1, 2, 3, 4, 100]) / 4))
+    assert last["lr=b"].mean == 4 and last["lr=b"].iqm == pytest.approx(5)
+    # The lucky seed (100) carries the mean of a, not its IQM: b ranks first.
+    assert last["lr=b"].rank == 1 and last["lr=a"].rank == 2
+    assert last["lr=a"].top_run_id == "taxi-lr=a-4" and last["lr=a"].top_seed == "4"
+    # best: each trial's best report (b's first report was 9 for every seed)
+    assert best["lr=b"].mean == 9 and best["lr=b"].rank == 1
+    for r in rows:
+        assert r.iqm_low <= r.iqm <= r.iqm_high
+        assert r.mean_low <= r.mean <= r.mean_high
+    assert winners(rows)["taxi"].config == "lr=b"
+
+
+def test_ranking_never_mixes_envs_and_follows_the_mode():
+    trials = [trial("taxi", "x", 0, -5.0), trial("taxi", "y", 0, -1.0),
+              trial("frozenlake", "x", 0, 0.5), trial("frozenlake", "y", 0, 0.9)]
+    rows = summarize(trials, "max")
+    ranked = {(r.env, r.config): r.rank for r in rows if r.at == "last"}
+    assert ranked == {("taxi", "y"): 1, ("taxi", "x"): 2,
+                      ("frozenlake", "y"): 1, ("frozenlake", "x"): 2}
+    rows = summarize(trials, "min")
+    assert {e: r.config for e, r in winners(rows).items()} == {"taxi": "x", "frozenlake": "x"}
+    text = format_table(rows, "eval/score")
+    assert text.index("frozenlake:") < text.index("taxi:")
+
+
+def test_failed_and_unfinished_trials_are_counted_not_averaged():
+    trials = [trial("taxi", "x", 0, 1.0, 2.0), trial("taxi", "x", 1, 1.0, math.nan),
+              trial("taxi", "x", 2, 3.0, status="RUNNING")]
+    row = next(r for r in summarize(trials, "max") if r.at == "last")
+    assert (row.n, row.failed, row.unfinished, row.mean) == (2, 1, 1, 2.5)
+    best = next(r for r in summarize(trials, "max") if r.at == "best")
+    assert (best.n, best.mean) == (3, 2.0)  # the diverged trial's best finite report counts
+    assert "n*" in format_table(summarize(trials, "max"), "eval/score")
+
+
+def test_one_seed_has_no_interval_and_the_stratified_bootstrap_resamples_each_env():
+    assert all(math.isnan(x) for x in interval([[3.0]]))
+    low, high = interval([[1.0, 2.0, 3.0], [10.0, 11.0, 12.0]])
+    # Each stratum keeps its 3 values in every resample: the pooled IQM stays between the
+    # IQMs of (1,1,1 | 10,10,10) and (3,3,3 | 12,12,12).
+    assert 5.5 <= low <= high <= 7.5
