@@ -21,6 +21,9 @@ class Algorithm:
     replay_nbytes: Callable[[Any, Any], tuple[int, int]] = lambda cfg, obs_space: (0, 0)
     """(host bytes, learner-device bytes) of the replay memory a run allocates, from its
     config and the env's observation space (none: a table or one batch of episodes)."""
+    budget: tuple[str, str] = ("total_steps", "train/env_steps")
+    """(the config field that holds the training budget, the reported metric that counts
+    toward it)."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -29,6 +32,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_class=q_learning.QLearningConfig,
         train=q_learning.train,
         check_env=q_learning.check_spaces,
+        budget=("episodes", "train/episodes"),
     ),
     "dqn": Algorithm(
         name="dqn",
@@ -42,6 +46,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_class=reinforce.ReinforceConfig,
         train=reinforce.train,
         check_env=reinforce.check_spaces,
+        budget=("episodes", "train/episodes"),
     ),
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from ray import tune
 
@@ -70,3 +71,109 @@ class MlflowStatusCallback(tune.Callback):
         if INTERRUPTED.is_set():
             return  # stopped by Ctrl+C, not by the scheduler: it resumes later
         self._mark(trial, "FINISHED", {"tune.stopped_early": "true"})
+
+
+class ProgressCallback(tune.Callback):
+    """A compact live status, one line every `every_s` seconds (and one at the end).
+
+    A sweep: trials done, running and pending; per env the best configuration so far (IQM
+    of its finished trials' last reports); the time elapsed and the time left (from the
+    share of the whole sweep's budget done). A single run: the budget done (env steps or
+    episodes), the recent return, the last value of the metric, the time left.
+    """
+
+    def __init__(self, ctx: TrialContext, every_s: float, total_trials: int,
+                 budget: tuple[str, float]) -> None:
+        self.ctx = ctx
+        self.every_s = every_s
+        self.total_trials = total_trials
+        self.budget = budget
+        self.started = time.monotonic()
+        self.last_line = 0.0
+        self._env_of: dict[str, str] = {}
+
+    def setup(self, **info) -> None:
+        """Tune starts: the clock starts."""
+        self.started = self.last_line = time.monotonic()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        """Called on every turn of Tune's loop: print when a line is due."""
+        now = time.monotonic()
+        if self.every_s and now - self.last_line >= self.every_s:
+            self.last_line = now
+            print(self.line(trials, now), flush=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """The last line."""
+        if self.every_s:
+            print(self.line(trials, time.monotonic()), flush=True)
+
+    def _env(self, trial, label: str) -> str:
+        """The env option a configuration trains on (composed once per configuration)."""
+        if label not in self._env_of:
+            from pipelines.config import compose_config
+            from pipelines.trial import trial_overrides
+
+            try:
+                composed = compose_config(trial_overrides(self.ctx, trial.config))
+                self._env_of[label] = composed.choices.get("env") or "?"
+            except Exception:  # a status line must never stop the sweep
+                self._env_of[label] = "?"
+        return self._env_of[label]
+
+    def _best_so_far(self, done) -> str:
+        import math
+
+        import numpy as np
+
+        from pipelines.summary import config_label, iqm
+
+        metric, mode = self.ctx.settings["metric"], self.ctx.settings["mode"]
+        values: dict[tuple[str, str], list[float]] = {}
+        for t in done:
+            value = (t.last_result or {}).get(metric)
+            if isinstance(value, int | float) and math.isfinite(value):
+                label = config_label(f"{k}={v}" for k, v in (t.config or {}).items())
+                values.setdefault((self._env(t, label), label), []).append(float(value))
+        best: dict[str, tuple[float, str, int]] = {}
+        for (env, label), xs in values.items():
+            score = float(iqm(np.array(xs)))
+            better = env not in best or (score > best[env][0] if mode == "max"
+                                         else score < best[env][0])
+            if better:
+                best[env] = (score, label, len(xs))
+        return "; ".join(f"{env} {label} {score:.4g} (n={n})"
+                         for env, (score, label, n) in sorted(best.items()))
+
+    def line(self, trials, now: float) -> str:
+        """The status line."""
+        from pipelines.trial import PROGRESS_KEY, RECENT_RETURN_KEY
+
+        elapsed = now - self.started
+        done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        running = [t for t in trials if t.status == "RUNNING"]
+        total = max(self.total_trials, len(trials))
+        work = len(done) + sum((t.last_result or {}).get(PROGRESS_KEY, 0.0) for t in running)
+        left = f"~{elapsed * (total - work) / work:.0f}s left" if 0 < work < total else ""
+        head = f"[{elapsed:6.0f}s]"
+        if self.ctx.settings.get("kind") == "train" and len(trials) == 1:
+            result = trials[0].last_result or {}
+            counter, budget = self.budget
+            unit = "env steps" if counter == "train/env_steps" else counter.split("/")[-1]
+            parts = [f"{result.get(counter, 0):,.0f}/{budget:,.0f} {unit} "
+                     f"({result.get(PROGRESS_KEY, 0.0):.0%})"]
+            if RECENT_RETURN_KEY in result:
+                parts.append(f"recent return {result[RECENT_RETURN_KEY]:.4g}")
+            metric = self.ctx.settings["metric"]
+            if metric in result:
+                parts.append(f"{metric} {result[metric]:.4g}")
+            return " | ".join([head + " " + parts[0], *parts[1:], left]).rstrip(" |")
+        pending = len(trials) - len(done) - len(running) + max(0, total - len(trials))
+        parts = [f"{head} trials {len(done)}/{total} done, {len(running)} running, "
+                 f"{pending} pending"]
+        best = self._best_so_far(done)
+        if best:
+            parts.append(f"best so far: {best}")
+        if left:
+            parts.append(left)
+        return " | ".join(parts)

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from algos.registry import get_algorithm
 from pipelines.cluster import (
     cluster_tags,
     join_and_check,
@@ -26,7 +27,7 @@ from pipelines.cluster import (
     trial_bundles,
 )
 from pipelines.config import ROOT, UserError
-from pipelines.schema import ClusterConfig, SweepConfig
+from pipelines.schema import ClusterConfig, ProgressConfig, SweepConfig
 from pipelines.space import SweepPlan, tune_space
 from pipelines.tracking import (
     RunLogger,
@@ -43,6 +44,7 @@ from pipelines.trial import (
     FAILURE_KEY,
     FAILURE_MESSAGE_KEY,
     TrialContext,
+    budget_of,
     run_key,
     run_trial,
     trial_overrides,
@@ -145,16 +147,31 @@ def _trainable(ctx: TrialContext, cluster: ClusterConfig):
 def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):
     from ray import tune
 
-    from pipelines.callbacks import MlflowStatusCallback
+    from pipelines.callbacks import MlflowStatusCallback, ProgressCallback
 
+    progress = ProgressConfig(**ctx.settings.get("progress", {}))
+    status = ProgressCallback(ctx, progress.every_s, ctx.settings.get("trials", 0),
+                              tuple(ctx.settings.get("budget", ("train/env_steps", 0.0))))
     return tune.RunConfig(
         name=ctx.name,
         storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[MlflowStatusCallback(ctx)],
-        verbose=1,
+        callbacks=[MlflowStatusCallback(ctx), status],
+        verbose=progress.tune_verbose,
     )
+
+
+def planned_trials(plan: SweepPlan, search: str, num_samples: int) -> int:
+    """How many trials Tune will run: each grid point num_samples times (grid, auto), or
+    num_samples in all (random, optuna)."""
+    if search in ("random", "optuna"):
+        return num_samples
+    points = 1
+    for d in plan.dims:
+        if d.discrete:
+            points *= len(d.values)
+    return points * num_samples
 
 
 def launch(plan: SweepPlan, kind: str) -> int:
@@ -194,6 +211,9 @@ def launch(plan: SweepPlan, kind: str) -> int:
         "mode": sweep.mode,
         "kind": kind,
         "cluster": base.container["cluster"],
+        "progress": base.container["progress"],
+        "trials": planned_trials(plan, search, sweep.num_samples),
+        "budget": budget_of(get_algorithm(cfg.algo.name), cfg.algo),
     }
 
     # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
@@ -284,6 +304,11 @@ def resume(name: str, cluster: ClusterConfig) -> int:
 
 def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> int:
     metric, mode = ctx.settings["metric"], ctx.settings["mode"]
+    if not ProgressConfig(**ctx.settings.get("progress", {})).tune_verbose:
+        # Tune's newer console output prints its header box whatever the verbosity; its
+        # older one prints nothing at 0, leaving the status line alone.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     started = time.perf_counter()
     try:
         results = tuner.fit()

@@ -183,6 +183,23 @@ class EvaluateConfig:
 
 
 @dataclass
+class ProgressConfig:
+    """What train and sweep print while they run."""
+
+    every_s: float = 10.0
+    """Seconds between status lines (trials done, running and pending, the best
+    configuration so far, the time left; a train run's budget done and recent return).
+    0: none."""
+    tune_verbose: int = 0
+    """Ray Tune's own output: 0 none, 1 its status tables, 2 with brief trial results,
+    3 with detailed ones."""
+
+    def __post_init__(self) -> None:
+        v.at_least(self, "every_s", 0.0)
+        v.one_of(self, "tune_verbose", (0, 1, 2, 3))
+
+
+@dataclass
 class ReportConfig:
     """What python -m pipelines.report summarizes."""
 
@@ -201,6 +218,7 @@ class PipelineConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
     seed: int = 0
     resume: str | None = None
 

@@ -17,7 +17,8 @@ from hydra.core.override_parser.types import Override
 
 from pipelines.config import Composed, UserError, compose_config, load, parse_overrides
 
-UNSWEEPABLE = ("sweep", "tracking", "cluster", "resume", "hydra")
+UNSWEEPABLE = ("sweep", "tracking", "cluster", "resume", "hydra", "progress", "report",
+               "evaluate")
 FULL_CHECK_LIMIT = 256
 
 

@@ -30,7 +30,7 @@ CONFIG_TAG = "config"
 """Tag of every trial's run: its configuration (Group by in the MLflow UI)."""
 BASE_CONFIG = "base"
 """The configuration of a sweep that sweeps nothing but seeds."""
-NOT_CONFIG = ("seed", "tracking", "cluster", "resume", "sweep")
+NOT_CONFIG = ("seed", "tracking", "cluster", "resume", "sweep", "progress")
 """Overrides that never tell one configuration from another."""
 CONFIDENCE, RESAMPLES = 0.95, 10_000
 CURVE_POINTS = 100

@@ -37,6 +37,10 @@ FAILURE_TAG = "rlpipe.failure"
 """Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
 FAILURE_KEY, FAILURE_MESSAGE_KEY = "rlpipe/failure", "rlpipe/failure_message"
 """Keys of a trial's last Tune result that say it failed without an error (no retry)."""
+PROGRESS_KEY, RECENT_RETURN_KEY = "rlpipe/progress", "rlpipe/recent_return"
+"""Keys of a trial's Tune results (not logged to MLflow) for the driver's status line: the
+fraction of its training budget done, the mean return of the episodes since the last
+report."""
 
 
 @dataclass
@@ -135,8 +139,11 @@ class TrialReporter:
         checkpoint_every_s: float,
         flush_every_s: float,
         max_points_per_report: int = 0,
+        budget: tuple[str, float] | None = None,
     ) -> None:
         self.logger = logger
+        self.budget = budget
+        """(the metric that counts toward the training budget, the budget)."""
         self.max_points = max_points_per_report
         self.checkpoint_every_s = checkpoint_every_s
         self.flush_every_s = flush_every_s
@@ -184,6 +191,20 @@ class TrialReporter:
                     "trial's end; its retry regenerates the unwritten points")
             time.sleep(every)
 
+    def _progress(self, step: int, metrics: Mapping[str, float],
+                  history: Mapping[str, Sequence[tuple[int, float]]] | None) -> dict:
+        """The status line's figures of one report."""
+        out = {}
+        if self.budget:
+            counter, total = self.budget
+            done = step if counter == "train/env_steps" else metrics.get(counter)
+            if done is not None and total > 0:
+                out[PROGRESS_KEY] = min(1.0, float(done) / total)
+        returns = (history or {}).get("train/episode_return")
+        if returns:
+            out[RECENT_RETURN_KEY] = sum(v for _, v in returns) / len(returns)
+        return out
+
     def report(
         self,
         step: int,
@@ -195,6 +216,8 @@ class TrialReporter:
         """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
         from ray import tune
 
+        result = {**metrics, "train/env_steps": float(step), **self._progress(step, metrics,
+                                                                               history)}
         history = {k: thin(v, self.max_points) for k, v in (history or {}).items()}
         self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
@@ -208,7 +231,6 @@ class TrialReporter:
             self.wait_for_tracking()
             written = True
         checkpoint = checkpoint and written  # during an outage: after it
-        result = {**metrics, "train/env_steps": float(step)}
         if not checkpoint:
             tune.report(result)
             return
@@ -251,6 +273,12 @@ def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger:
     )
 
 
+def budget_of(algorithm, algo_cfg) -> tuple[str, float]:
+    """(the metric that counts toward the run's training budget, the budget)."""
+    field_name, counter = algorithm.budget
+    return counter, float(getattr(algo_cfg, field_name))
+
+
 def quiet_ray_logs() -> None:
     """Ray Train/Tune log every checkpoint at INFO from the trial; keep warnings only."""
     import logging
@@ -289,6 +317,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfg.cluster.checkpoint_every_s,
         cfg.tracking.flush_every_s,
         cfg.tracking.max_points_per_report,
+        budget_of(algorithm, cfg.algo),
     )
     try:
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)

@@ -64,6 +64,8 @@ CASES = [
     (REPORT, ["report.sweep=x"], ["tracking.uri=sqlite:///", "no MLflow store"]),
     (TRAIN, ["--cfg", "jobs"], ["--cfg", "invalid choice: 'jobs'", "'job', 'hydra', 'all'"]),
     (TRAIN, ["--resolve"], ["--resolve", "with --cfg"]),
+    (TRAIN, ["progress.tune_verbose=5"], ["progress.tune_verbose", "0, 1, 2, 3"]),
+    (SWEEP, ["progress.every_s=1,2"], ["progress", "cannot be swept"]),
     (SWEEP, ["sweep=nope"], ["sweep=nope", "quickstart"]),
     (SWEEP, ["algo.lr=interval(0.1"], ["algo.lr=interval(0.1", "not a valid override"]),
     (SWEEP, ["algo.lr=interval(-1,1)"], ["algo.lr", "must be > 0"]),

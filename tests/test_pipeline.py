@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,9 @@ def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     check_six_trial_sweep(client, result)
     assert "Best on frozenlake: algo.lr=" in result.stdout
+    # A compact status instead of Tune's tables: its last line says all six are done.
+    assert "trials 6/6 done, 0 running, 0 pending | best so far: frozenlake" in result.stdout
+    assert "Trial status" not in result.stdout and len(result.stdout.splitlines()) < 40
     assert result.last_line.startswith("See the runs of experiment 'sweeps':")
     report = run_cli("pipelines.report", ["report.sweep=six"], workdir)
     assert report.returncode == 0, report.stderr[-3000:]
@@ -178,6 +182,9 @@ def test_train_is_one_run_without_a_parent(workdir):
     assert (run.data.tags["cluster.nodes"], run.data.tags["cluster.cpus"]) == ("1", "2")
     assert run.data.tags["ray.node_id"] and run.data.tags["host"]
     assert "workflowType=machine_learning" in result.last_line
+    # The status line: the budget done, the recent (exploring) return, the metric.
+    assert re.search(r"\] 400/400 episodes \(100%\) \| recent return [0-9.]+ \| eval/score 1$",
+                     result.stdout, re.M), result.stdout
 
 
 @pytest.mark.parametrize("mode", ["raise", "exit"])

@@ -43,8 +43,8 @@ def in_range(obj: Any, key: str, low: float, high: float, *, low_open: bool = Fa
         raise ConfigValueError(key, value, f"must be in {interval}")
 
 
-def one_of(obj: Any, key: str, allowed: tuple[str, ...]) -> None:
+def one_of(obj: Any, key: str, allowed: tuple) -> None:
     """`obj.key` must be one of `allowed`."""
     value = getattr(obj, key)
     if value not in allowed:
-        raise ConfigValueError(key, value, f"must be one of {', '.join(allowed)}")
+        raise ConfigValueError(key, value, f"must be one of {', '.join(map(str, allowed))}")
