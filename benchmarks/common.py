@@ -98,8 +98,15 @@ def run_sweep(overrides: list[str], env: dict[str, str] | None = None) -> dict[s
         with sqlite3.connect(f"{work}/mlflow.db") as db:
             counts = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                       for t in ("metrics", "params", "tags")}
+        trial_perf: dict[str, float] = {}
+        for child in children:
+            for key, value in child.data.metrics.items():
+                if key.startswith("perf/trial_"):
+                    trial_perf[key] = trial_perf.get(key, 0.0) + value
         return {
             "fit_s": parent.data.metrics["perf/sweep_wall_s"],
+            "phases": {k: v for k, v in parent.data.metrics.items() if k.startswith("perf/")},
+            "trial_sums": trial_perf,
             "command_s": wall,
             "startup_s": (first - parent.info.start_time) / 1000,
             "trials": len(children),

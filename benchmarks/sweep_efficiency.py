@@ -1,66 +1,123 @@
-"""Parallel efficiency of a sweep of short trials: Tune on this machine's cores against
-running the same trials one after another in one process.
+"""Parallel efficiency of a sweep of short trials, and where its time goes.
 
-16 trials of Q-learning on Taxi (course settings, 25,000 episodes, seeds 0..15), each a few
-seconds. The sweep runs through the real command line (python -m pipelines.sweep), with
-MLflow logging, with and without actor reuse; its time is Tune's fit time as the parent
-MLflow run records it (perf/sweep_wall_s), plus the whole command's wall time.
-efficiency = sequential seconds / (cores x sweep seconds).
-Usage: python -m benchmarks.sweep_efficiency [--trials 16] [--episodes 25000]
+16 trials of Q-learning on Taxi (course settings, 25,000 episodes, seeds 0..15), a few
+seconds each, run as a user runs them: `python -m pipelines.sweep` from a fresh process,
+Ray's start, MLflow logging, the summary and the exit included. Against two ideals, each
+the same 16 trainings split over the cores in plain processes (no Ray, no MLflow):
+- the course's own loop (the unit 2 notebook's, benchmarks.q_learning_taxi.course_loop),
+  what issue 9 counts against: efficiency = ideal seconds / sweep command seconds;
+- our loop (algos.q_learning.train), the stricter ratio: all that is not training.
+
+The breakdown adds up the sweep's time: the driver's phases (perf/* metrics of the parent
+run) and, inside Tune's fit, the trials' own time (perf/trial_* of the child runs) per
+core, the rest of the fit being worker start-up and Tune's scheduling between trials.
+Usage: python -m benchmarks.sweep_efficiency [--trials 16] [--episodes 25000] [--cpus N]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 
-from algos.q_learning import train
 from benchmarks.common import run_sweep, table, timed, write
-from pipelines.config import compose_config
+
+OVERRIDES = ["experiment=taxi_course"]
 
 
-def sequential(trials: int, episodes: int) -> float:
-    """Seconds to train the trials one after another, in this process, without Tune."""
-    total = 0.0
-    for seed in range(trials):
-        cfg = compose_config(["experiment=taxi_course", f"algo.episodes={episodes}",
-                              f"seed={seed}"]).cfg
-        total += timed(lambda cfg=cfg: train(cfg.algo, cfg.env, cfg.seed))[0]
-    return total
+def _train_ours(args: tuple[int, int]) -> float:
+    from algos.q_learning import train
+    from pipelines.config import compose_config
+
+    seed, episodes = args
+    cfg = compose_config([*OVERRIDES, f"algo.episodes={episodes}", f"seed={seed}"]).cfg
+    return train(cfg.algo, cfg.env, cfg.seed).metrics["eval/score"]
 
 
-def sweep(trials: int, episodes: int, cpus: int, reuse: bool) -> dict[str, float]:
-    """Tune's fit seconds, the whole command's seconds, and the start-up (fit start to the
-    first trial's MLflow run: worker processes starting and importing) of one sweep."""
-    return run_sweep([
-        "experiment=taxi_course", f"algo.episodes={episodes}", f"seed=range(0,{trials})",
-        f"cluster.num_cpus={cpus}", f"cluster.reuse_actors={str(reuse).lower()}",
-    ])
+def _train_course(args: tuple[int, int]) -> float:
+    from benchmarks.q_learning_taxi import course_loop
+    from pipelines.config import compose_config
+
+    seed, episodes = args
+    cfg = compose_config([*OVERRIDES, f"algo.episodes={episodes}", f"seed={seed}"]).cfg
+    return course_loop(cfg.algo, seed)[1]
+
+
+def split_over_cores(fn, trials: int, episodes: int, cpus: int) -> float:
+    """Seconds to run the trainings in `cpus` plain processes (started and importing
+    before the clock starts)."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(cpus) as pool:
+        pool.map(_warm, range(cpus))
+        seconds, _ = timed(lambda: pool.map(fn, [(s, episodes) for s in range(trials)],
+                                            chunksize=1))
+    return seconds
+
+
+def _warm(_: int) -> None:
+    import algos.q_learning  # noqa: F401
+    import benchmarks.q_learning_taxi  # noqa: F401
+    import pipelines.config  # noqa: F401
+
+
+def breakdown(m: dict, cpus: int) -> list[list]:
+    """Rows (what, seconds) that add up to the command's seconds."""
+    ph, tr = m["phases"], m["trial_sums"]
+    fit = ph["perf/sweep_wall_s"]
+    lanes = {k: v / cpus for k, v in tr.items()}
+    rows = [
+        ["driver start-up: interpreter, imports, validating every trial's config",
+         ph.get("perf/startup_s", 0.0)],
+        ["Ray start, and meanwhile the MLflow experiment and parent run",
+         ph.get("perf/ray_start_and_mlflow_s", 0.0)],
+        ["Tune set-up", ph.get("perf/tune_setup_s", 0.0)],
+        ["Tune fit, per core:", fit],
+        ["  trials training (the algorithm's own loop)", lanes.get("perf/trial_train_s", 0)],
+        ["  trial set-up: compose, MLflow run, tags, system monitor",
+         lanes.get("perf/trial_setup_s", 0)],
+        ["  metric writes to MLflow", lanes.get("perf/trial_tracking_s", 0)],
+        ["  checkpoints", lanes.get("perf/trial_checkpoint_s", 0)],
+        ["  waiting in tune.report for the driver", lanes.get("perf/trial_report_wait_s", 0)],
+        ["  trial teardown: model, last system sample, run closed",
+         lanes.get("perf/trial_teardown_s", 0)],
+        ["  worker start-up and imports, Tune's scheduling between trials",
+         fit - sum(lanes.values())],
+        ["Ray shutdown", ph.get("perf/ray_shutdown_s", 0.0)],
+        ["summary: statistics, plots, artifacts", ph.get("perf/summary_s", 0.0)],
+    ]
+    accounted = sum(v for label, v in rows if not label.startswith("  "))
+    rows.append(["the rest: driver exit, results, logs", m["command_s"] - accounted])
+    rows.append(["command, end to end", m["command_s"]])
+    return rows
 
 
 def main() -> None:
-    """Measure, print the table, write results/sweep_efficiency.json."""
+    """Measure, print the tables, write results/sweep_efficiency.json."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=25_000)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    seq = sequential(args.trials, args.episodes)
-    rows = [["one after another, one process", seq, "-", "-", "-", "-"]]
+    course = split_over_cores(_train_course, args.trials, args.episodes, args.cpus)
+    ours = split_over_cores(_train_ours, args.trials, args.episodes, args.cpus)
+    m = run_sweep([*OVERRIDES, f"algo.episodes={args.episodes}",
+                   f"seed=range(0,{args.trials})", f"cluster.num_cpus={args.cpus}"])
+    command = m["command_s"]
+    print(f"{args.trials} Q-learning trials on Taxi ({args.episodes:,} episodes each), "
+          f"{args.cpus} CPUs")
+    print(table(["how", "seconds", "sweep efficiency against it"], [
+        [f"course loops split over {args.cpus} processes (the ideal)", course,
+         course / command],
+        [f"our loops split over {args.cpus} processes", ours, ours / command],
+        ["python -m pipelines.sweep, end to end", command, "-"],
+    ]))
+    print()
+    rows = breakdown(m, args.cpus)
+    print(table(["where the sweep's time goes", "seconds"], rows))
     data = {"trials": args.trials, "episodes": args.episodes, "cpus": args.cpus,
-            "sequential_s": seq}
-    for reuse in (True, False):
-        m = sweep(args.trials, args.episodes, args.cpus, reuse)
-        m["efficiency"] = seq / (args.cpus * m["fit_s"])
-        m["efficiency_after_startup"] = seq / (args.cpus * (m["fit_s"] - m["startup_s"]))
-        label = f"Tune sweep, {args.cpus} CPUs, reuse_actors={reuse}"
-        rows.append([label, m["fit_s"], m["command_s"], m["startup_s"], m["efficiency"],
-                     m["efficiency_after_startup"]])
-        data[f"reuse_{reuse}"] = m
-    print(f"{args.trials} Q-learning trials (Taxi, {args.episodes:,} episodes each, "
-          f"{seq / args.trials:.2f} s of training each)")
-    print(table(["how", "seconds", "command seconds", "start-up seconds",
-                 "parallel efficiency", "efficiency after start-up"], rows))
+            "course_split_s": course, "ours_split_s": ours, "sweep": m,
+            "efficiency_vs_course": course / command, "efficiency_vs_ours": ours / command,
+            "breakdown": rows}
     print(f"written to {write('sweep_efficiency', data)}")
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,14 +390,23 @@ def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
 
 
 def join_and_check(cluster: ClusterConfig, tracking_uri: str, storage: str,
-                   trials=None) -> Capacity:
+                   trials=None, then: Callable[[], Any] | None = None) -> tuple[Capacity, Any]:
     """Start or join Ray; on a remote cluster refuse what cannot work there. Returns what
-    the cluster offers, for the record. Bad input raises UserError with Ray disconnected."""
+    the cluster offers, for the record, and what `then()` returned: it runs once nothing
+    can be refused any more (on a local cluster, in a thread while Ray starts). Bad input
+    raises UserError with Ray disconnected and `then` not called."""
     if cluster.kind == "local":
         if trials is not None:
             check_trials_fit(trials, local_capacity(cluster))
-        start_ray(cluster, tracking_uri)
-        return running_capacity()
+        if then is None:
+            start_ray(cluster, tracking_uri)
+            return running_capacity(), None
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="rlpipe-setup") as pool:
+            meanwhile = pool.submit(then)
+            start_ray(cluster, tracking_uri)
+            return running_capacity(), meanwhile.result()
     start_ray(cluster, tracking_uri)
     import ray
 
@@ -408,7 +418,7 @@ def join_and_check(cluster: ClusterConfig, tracking_uri: str, storage: str,
     except UserError:
         ray.shutdown()
         raise
-    return capacity
+    return capacity, then() if then else None
 
 
 def node_tags() -> dict[str, str]:

@@ -132,14 +132,21 @@ def _scheduler(sweep: SweepConfig):
     )
 
 
-def _trainable(ctx: TrialContext, cluster: ClusterConfig):
+def _trainable(ctx: TrialContext, cluster: ClusterConfig, plan: SweepPlan | None = None):
     from ray import tune
 
     from pipelines.config import compose_config
 
+    # The plan composed every trial already: the driver, which shares the CPUs with the
+    # trials, need not compose them again (only sampled values and resumes are new).
+    known = {combo: trial_bundles(composed) for combo, composed in (plan.trials if plan
+                                                                     else [])}
+
     def resources(config: dict[str, Any]):
-        composed = compose_config(trial_overrides(ctx, config))
-        return tune.PlacementGroupFactory(trial_bundles(composed))
+        combo = tuple(f"{k}={v}" for k, v in config.items())
+        bundles = known.get(combo) or trial_bundles(compose_config(trial_overrides(ctx,
+                                                                                 config)))
+        return tune.PlacementGroupFactory(bundles)
 
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=resources)
 
@@ -216,16 +223,17 @@ def launch(plan: SweepPlan, kind: str) -> int:
         "budget": budget_of(get_algorithm(cfg.algo.name), cfg.algo),
     }
 
-    # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
-    # then on things start, and failures are ours (exit 1).
-    capacity = join_and_check(cfg.cluster, uri, storage, plan.trials)
-    cluster_record = capacity.summary()
-    experiment_id = get_or_create_experiment(uri, experiment_name)
     uid = uuid.uuid4().hex[:12]
     commit = git_commit()
-    parent = None
-    if kind == "sweep":
-        parent = RunLogger.open(
+
+    opened: list[RunLogger] = []
+
+    def open_tracking() -> tuple[str, RunLogger | None]:
+        """The MLflow experiment, and a sweep's parent run."""
+        experiment_id = get_or_create_experiment(uri, experiment_name)
+        if kind != "sweep":
+            return experiment_id, None
+        opened.append(RunLogger.open(
             uri, experiment_id, f"{uid}/parent", run_name=name,
             tags={"sweep": name, "git_commit": commit, "mlflow.source.git.commit": commit,
                   "algo": algo, "env": env, "rlpipe.kind": "sweep"},
@@ -239,7 +247,27 @@ def launch(plan: SweepPlan, kind: str) -> int:
                 "sweep.scheduler": sweep.scheduler.name,
             },
             config=base.container,
-        )
+        ))
+        return experiment_id, opened[0]
+
+    # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
+    # then on things start, and failures are ours (exit 1). MLflow is set up while Ray
+    # starts when nothing after the start can be refused (a local cluster).
+    phases = {"perf/startup_s": time.time() - _process_started()}
+    clock = time.perf_counter()
+    try:
+        capacity, (experiment_id, parent) = join_and_check(cfg.cluster, uri, storage,
+                                                           plan.trials, then=open_tracking)
+    except Exception as e:
+        for run in opened:  # Ray failed to start while the parent run was being made
+            run.finish("FAILED")
+        if isinstance(e, UserError) and opened:
+            raise RuntimeError(str(e)) from e  # too late to leave nothing behind
+        raise
+    phases["perf/ray_start_and_mlflow_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    cluster_record = capacity.summary()
+    if parent:
         parent.set_tags(cluster_tags(cluster_record))
         write_json_artifact(parent, cluster_record, "cluster.json")
     ctx = TrialContext(
@@ -253,7 +281,7 @@ def launch(plan: SweepPlan, kind: str) -> int:
     from ray import tune
 
     tuner = tune.Tuner(
-        _trainable(ctx, cfg.cluster),
+        _trainable(ctx, cfg.cluster, plan),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
@@ -267,7 +295,8 @@ def launch(plan: SweepPlan, kind: str) -> int:
         ),
         run_config=_run_config(ctx, storage, cfg.cluster),
     )
-    return _fit(tuner, ctx, parent, storage)
+    phases["perf/tune_setup_s"] = time.perf_counter() - clock
+    return _fit(tuner, ctx, parent, storage, phases)
 
 
 def resume(name: str, cluster: ClusterConfig) -> int:
@@ -302,7 +331,18 @@ def resume(name: str, cluster: ClusterConfig) -> int:
     return _fit(tuner, ctx, parent, storage)
 
 
-def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> int:
+def _process_started() -> float:
+    """When this process started (epoch seconds)."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
+         phases: dict[str, float] | None = None) -> int:
+    """Run the Tuner; then the summary, the failures, and how to see the results.
+    `phases`: seconds of the launch's phases so far, logged on the parent with the rest."""
+    phases = dict(phases or {})
     metric, mode = ctx.settings["metric"], ctx.settings["mode"]
     if not ProgressConfig(**ctx.settings.get("progress", {})).tune_verbose:
         # Tune's newer console output prints its header box whatever the verbosity; its
@@ -326,7 +366,10 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
 
     from pipelines.callbacks import INTERRUPTED
 
+    phases["perf/sweep_wall_s"] = time.perf_counter() - started
+    clock = time.perf_counter()
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
+    phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
     unfinished = _unfinished_trials(results) if INTERRUPTED.is_set() else []
     if INTERRUPTED.is_set():
         # Tune stopped on Ctrl+C (SIGINT) and saved its state: nothing is lost, the
@@ -346,18 +389,19 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str) -> in
         print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
               f"Resume with: python -m pipelines.{entry} resume={ctx.name}")
         return EXIT_INTERRUPTED
-    fit_seconds = time.perf_counter() - started
-    if parent:
-        parent.log_metrics({"perf/sweep_wall_s": fit_seconds, "perf/trials": len(results)})
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
     if parent:
         from pipelines.summary import summarize_sweep
 
+        clock = time.perf_counter()
         _, text = summarize_sweep(parent, ctx.experiment_id, metric, mode,
                                   ui_run=lambda run_id: run_url(ctx.tracking_uri,
                                                                 ctx.experiment_id, run_id))
         print(text)
+        phases["perf/summary_s"] = time.perf_counter() - clock
+        # Where the sweep's time went (benchmarks/sweep_efficiency adds them up).
+        parent.log_metrics({**phases, "perf/trials": len(results)})
     else:
         print(_summary_table(results, ctx, metric))
     for r in errors:

@@ -208,15 +208,20 @@ class RunLogger:
         params: Mapping[str, Any],
         config: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
+        continued_tags: Mapping[str, Any] | None = None,
     ) -> RunLogger:
-        """Continue the run tagged `run_key` if there is one, else create it with its
-        params, tags and resolved config (params are write-once in MLflow)."""
+        """Continue the run tagged `run_key` if there is one (setting `continued_tags`
+        again), else create it with its params, tags and resolved config (params are
+        write-once in MLflow)."""
         client = _client(uri)
         existing = find_run(uri, experiment_id, run_key)
         if existing is not None:
             client.update_run(existing.info.run_id, status="RUNNING")
             watermark = existing.data.metrics.get("train/env_steps", -math.inf)
-            return cls(uri, existing.info.run_id, watermark)
+            logger = cls(uri, existing.info.run_id, watermark)
+            if continued_tags:
+                logger.set_tags(continued_tags)
+            return logger
         all_tags = {str(k): str(v) for k, v in tags.items()}
         all_tags[RUN_KEY_TAG] = run_key
         if parent_run_id:

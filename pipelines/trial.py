@@ -151,6 +151,9 @@ class TrialReporter:
         """Reports' points not written yet, oldest first."""
         self.outage_since: float | None = None
         self.last_checkpoint = self.last_flush = time.monotonic()
+        self.seconds = {"tracking": 0.0, "checkpoint": 0.0, "report_wait": 0.0}
+        """Where the trial's time outside training went: MLflow writes, checkpoints (saved
+        and handed to Tune), waiting in tune.report for the driver to take a result."""
 
     def flush(self) -> bool:
         """Write the buffered points; True when none is left. A tracking outage keeps them
@@ -159,6 +162,7 @@ class TrialReporter:
         now = self.last_flush = time.monotonic()
         try:
             self.logger.send(self.unsent)
+            self.seconds["tracking"] += time.monotonic() - now
         except Exception as e:
             if not is_outage(e):
                 raise
@@ -232,8 +236,11 @@ class TrialReporter:
             written = True
         checkpoint = checkpoint and written  # during an outage: after it
         if not checkpoint:
+            started = time.monotonic()
             tune.report(result)
+            self.seconds["report_wait"] += time.monotonic() - started
             return
+        started = time.monotonic()
         folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
         try:
             save_state(state, folder)
@@ -241,10 +248,13 @@ class TrialReporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+            self.seconds["checkpoint"] += time.monotonic() - started
 
 
-def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger:
-    """Create (or continue, after a failure) the trial's MLflow run."""
+def open_run(ctx: TrialContext, composed: Composed, trial_id: str,
+             where: dict[str, Any]) -> RunLogger:
+    """Create (or continue, after a failure) the trial's MLflow run; `where` are the tags
+    of where it runs, set again on a retry (which may run elsewhere)."""
     cfg = composed.cfg
     tags = {
         "algo": composed.choices.get("algo"),
@@ -266,10 +276,11 @@ def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger:
         ctx.experiment_id,
         run_key(ctx, trial_id),
         run_name=run_name or ctx.name,
-        tags=tags,
+        tags={**tags, **where},
         params=flat_params(composed.container),
         config=composed.container,
         parent_run_id=ctx.parent_run_id,
+        continued_tags=where,
     )
 
 
@@ -291,19 +302,19 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable: `config` holds one value per swept key."""
     from ray import tune
 
+    entered = time.monotonic()
     quiet_ray_logs()
     composed = load(trial_overrides(ctx, config))
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
-    logger = open_run(ctx, composed, trial_id)
     # Where it runs (a retry may run elsewhere: the tags say where it ran last).
     where = node_tags()
     if getattr(cfg.algo, "device", None):
         where["learner.device"] = str(resolve_device(cfg.algo.device))
     if not ctx.parent_run_id and ctx.cluster:
         where.update(cluster_tags(ctx.cluster))
-    logger.set_tags(where)
+    logger = open_run(ctx, composed, trial_id, where)
     checkpoint = tune.get_checkpoint()
     state = None
     if checkpoint is not None:
@@ -320,7 +331,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         budget_of(algorithm, cfg.algo),
     )
     try:
+        training = time.monotonic()
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
+        trained = time.monotonic()
         reporter.flush()
         log_model(logger, cfg.algo.name, result, composed)
     except SystemExit:
@@ -349,4 +362,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logger.finish("FAILED")
         raise
     stop_system_metrics(monitor)
+    # Where this trial's time went (benchmarks/sweep_efficiency adds them up).
+    spent = reporter.seconds
+    logger.log_metrics({
+        "perf/trial_setup_s": training - entered,
+        "perf/trial_train_s": trained - training - sum(spent.values()),
+        **{f"perf/trial_{k}_s": v for k, v in spent.items()},
+        "perf/trial_teardown_s": time.monotonic() - trained,
+    })
     logger.finish("FINISHED")
