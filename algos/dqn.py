@@ -8,7 +8,8 @@ replay memory; random minibatches train the online network on
     target = r + gamma * max_a' Q_target(s', a')             (double: false)
     target = r                                               (s' terminal)
 
-with a Huber or squared loss on target - Q(s, a), Adam and an optional gradient-norm
+with a Huber or squared loss on target - Q(s, a), Adam (its learning rate constant, or
+decaying linearly to `lr_end` at the end of training) and an optional gradient-norm
 clip; the target network is copied from the online one every `target_update_interval`
 env steps. A truncated episode still bootstraps from its true final observation.
 
@@ -56,7 +57,9 @@ class DQNConfig:
     buffer_size: int = 100_000
     """Replay memory capacity, in transitions."""
     lr: float = 1e-4
-    """Adam's learning rate."""
+    """Adam's learning rate (at the start, with lr_end)."""
+    lr_end: float | None = None
+    """Learning rate at total_steps, reached linearly from lr (null: lr throughout)."""
     gamma: float = 0.99
     """Discount factor."""
     batch_size: int = 32
@@ -134,6 +137,8 @@ class DQNConfig:
         v.one_of(self, "network", ("auto", "mlp", "cnn"))
         if self.max_grad_norm is not None:
             v.positive(self, "max_grad_norm")
+        if self.lr_end is not None:
+            v.at_least(self, "lr_end", 0.0)
         if self.batch_size > self.buffer_size:
             raise v.ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
@@ -270,8 +275,9 @@ def learn(
 
 
 def uses_cuda_graph(cfg: DQNConfig, device: torch.device) -> bool:
-    """Whether the learner replays its steps as CUDA graphs."""
-    return cfg.cuda_graph and device.type == "cuda"
+    """Whether the learner replays its steps as CUDA graphs (not with lr_end: a captured
+    step keeps the learning rate it was captured with)."""
+    return cfg.cuda_graph and device.type == "cuda" and cfg.lr_end is None
 
 
 def make_optimizer(net: nn.Module, lr: float, device: torch.device,
@@ -281,6 +287,12 @@ def make_optimizer(net: nn.Module, lr: float, device: torch.device,
     if device.type in ("cpu", "cuda"):
         return torch.optim.Adam(net.parameters(), lr=lr, fused=True, capturable=capturable)
     return torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 PHASE_BYTES = 1 << 26
@@ -453,6 +465,9 @@ def train(
                 if n_updates and graphs and graphed is None:
                     graphed = capture_step(online, target, optimizer, cfg, pool.obs_space,
                                            device)
+                if n_updates and cfg.lr_end is not None:
+                    set_lr(optimizer, linear_epsilon(env_steps, cfg.lr, cfg.lr_end,
+                                                     cfg.total_steps))
                 if n_updates:
                     stats = learn(online, target, optimizer, buffer, n_updates, cfg, device,
                                   graphed)
