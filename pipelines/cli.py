@@ -10,12 +10,17 @@ dimensions are listed after it).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from pipelines.config import CONF_DIR, GROUPS, UserError, group_options
 
+STARTED = time.time()
+"""When the entry point's process started running its code (this module is among its first
+imports): the origin of a sweep's perf/startup_s."""
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 HYDRA_FLAGS = ("--cfg job|hydra|all", "--resolve", "--package/-p", "--info [what]",
                "-m/--multirun", "--shell-completion/-sc install=bash", "--version")
@@ -122,3 +127,17 @@ def run_main(
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def exit_with(code: int) -> None:
+    """End the process with `code`, skipping the interpreter's teardown (about a second
+    with PyTorch, Ray and MLflow loaded, 3% of a short sweep) when nothing is left to it:
+    output flushed, logging shut down, no Ray connected (else a normal exit, whose handlers
+    stop Ray). Every entry point's own process ends here."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        sys.exit(code)
+    logging.shutdown()
+    os._exit(code)

@@ -6,6 +6,7 @@ becomes a :class:`UserError` with one line that names the key and what is allowe
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -232,8 +233,30 @@ def check_runnable(composed: Composed):
 
 
 def load(overrides: list[str]) -> Composed:
-    """compose_config + check_runnable."""
-    composed = compose_config(overrides)
+    """compose_config + check_runnable.
+
+    Configurations that differ only in their seed compose once: a sweep over 16 seeds
+    validates (on the driver) and composes (in each trial's reused worker) one config, and
+    the seed is set on a copy. Any other seed value, or an interpolation that could read
+    the seed, composes in full.
+    """
+    seeds = [o for o in overrides if o.split("=", 1)[0] == "seed"]
+    value = seeds[-1].split("=", 1)[1] if seeds else ""
+    if not value.isdigit() or any("${" in o for o in overrides):
+        composed = compose_config(overrides)
+        check_runnable(composed)
+        return composed
+    base = _load_without_seed(tuple(o for o in overrides if o not in seeds))
+    composed = copy.deepcopy(base)
+    composed.cfg = dataclasses.replace(composed.cfg, seed=int(value))
+    composed.container["seed"] = int(value)
+    composed.overrides = list(overrides)
+    return composed
+
+
+@functools.lru_cache(maxsize=32)
+def _load_without_seed(overrides: tuple[str, ...]) -> Composed:
+    composed = compose_config(list(overrides))
     check_runnable(composed)
     return composed
 

@@ -7,9 +7,8 @@ comes from the run's artifacts. Runs in this process: no Ray is needed to play.
 from __future__ import annotations
 
 import json
-import sys
 
-from pipelines.cli import run_main
+from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
 
 SUMMARY = "Play the model logged by an MLflow run and print its evaluation returns."
@@ -57,9 +56,14 @@ def _body(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point (its exit code)."""
     return run_main("pipelines.evaluate", SUMMARY, EXAMPLES, _body, argv)
 
 
+def command() -> None:
+    """The process: python -m pipelines.evaluate, or the rlpipe-evaluate command."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -8,9 +8,7 @@ env). Reads MLflow only: no Ray starts.
 
 from __future__ import annotations
 
-import sys
-
-from pipelines.cli import run_main
+from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
 
 SUMMARY = ("Summarize a sweep from MLflow: per configuration and env, IQM, mean and 95% CI "
@@ -85,9 +83,14 @@ def _body(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point (its exit code)."""
     return run_main("pipelines.report", SUMMARY, EXAMPLES, _body, argv)
 
 
+def command() -> None:
+    """The process: python -m pipelines.report, or the rlpipe-report command."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

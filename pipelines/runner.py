@@ -253,7 +253,9 @@ def launch(plan: SweepPlan, kind: str) -> int:
     # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
     # then on things start, and failures are ours (exit 1). MLflow is set up while Ray
     # starts when nothing after the start can be refused (a local cluster).
-    phases = {"perf/startup_s": time.time() - _process_started()}
+    from pipelines.cli import STARTED
+
+    phases = {"perf/startup_s": time.time() - STARTED}
     clock = time.perf_counter()
     try:
         capacity, (experiment_id, parent) = join_and_check(cfg.cluster, uri, storage,
@@ -331,13 +333,6 @@ def resume(name: str, cluster: ClusterConfig) -> int:
     return _fit(tuner, ctx, parent, storage)
 
 
-def _process_started() -> float:
-    """When this process started (epoch seconds)."""
-    import psutil
-
-    return psutil.Process().create_time()
-
-
 def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
          phases: dict[str, float] | None = None) -> int:
     """Run the Tuner; then the summary, the failures, and how to see the results.
@@ -368,6 +363,18 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
 
     phases["perf/sweep_wall_s"] = time.perf_counter() - started
     clock = time.perf_counter()
+    summary = None
+    if parent and not INTERRUPTED.is_set():
+        # The summary (MLflow reads, statistics, plots) is made while Ray shuts down.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pipelines.summary import summarize_sweep
+
+        worker = ThreadPoolExecutor(1, thread_name_prefix="rlpipe-summary")
+        summary = worker.submit(
+            summarize_sweep, parent, ctx.experiment_id, metric, mode,
+            ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
+        worker.shutdown(wait=False)
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
     phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
     unfinished = _unfinished_trials(results) if INTERRUPTED.is_set() else []
@@ -391,15 +398,15 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         return EXIT_INTERRUPTED
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
-    if parent:
-        from pipelines.summary import summarize_sweep
-
-        clock = time.perf_counter()
-        _, text = summarize_sweep(parent, ctx.experiment_id, metric, mode,
-                                  ui_run=lambda run_id: run_url(ctx.tracking_uri,
-                                                                ctx.experiment_id, run_id))
+    if summary is not None:
+        try:
+            _, text = summary.result()
+        except Exception as e:  # the trials are done and logged: report, do not fail
+            log.exception("the sweep's summary failed")
+            text = f"No summary: {type(e).__name__}: {e} (python -m pipelines.report " \
+                   f"report.sweep={ctx.name} tries again)"
         print(text)
-        phases["perf/summary_s"] = time.perf_counter() - clock
+        phases["perf/summary_s"] = time.perf_counter() - clock - phases["perf/ray_shutdown_s"]
         # Where the sweep's time went (benchmarks/sweep_efficiency adds them up).
         parent.log_metrics({**phases, "perf/trials": len(results)})
     else:

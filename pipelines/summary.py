@@ -45,10 +45,13 @@ def config_label(overrides: Iterable[str]) -> str:
 
 
 def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Interquartile mean: the mean of the middle 50% (rliable's aggregate_iqm)."""
-    from scipy import stats
-
-    return stats.trim_mean(x, proportiontocut=0.25, axis=axis)
+    """Interquartile mean: the mean of the middle 50%, a quarter of the values cut from
+    each end (rliable's aggregate_iqm, scipy.stats.trim_mean(x, 0.25); numpy alone, so the
+    sweep's status line does not load scipy)."""
+    x = np.sort(np.asarray(x, dtype=float), axis=axis)
+    n = x.shape[axis]
+    cut = int(0.25 * n)
+    return np.take(x, range(cut, n - cut), axis=axis).mean(axis=axis)
 
 
 def _pooled(statistic):

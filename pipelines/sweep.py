@@ -6,9 +6,7 @@ Any override whose value is a sweep expression is a search dimension; the rest a
 
 from __future__ import annotations
 
-import sys
-
-from pipelines.cli import run_main
+from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
 
 SUMMARY = (
@@ -54,10 +52,15 @@ def resume_from(parsed) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point (its exit code)."""
     return run_main("pipelines.sweep", SUMMARY, EXAMPLES, sweep_body, argv,
                     multirun=sweep_body)
 
 
+def command() -> None:
+    """The process: python -m pipelines.sweep, or the rlpipe-sweep command."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from pipelines.cli import run_main
+from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, parse_overrides
 
 SUMMARY = "Train one configuration as a single Tune trial, recorded as one MLflow run."
@@ -46,9 +44,14 @@ def _multirun(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point (its exit code)."""
     return run_main("pipelines.train", SUMMARY, EXAMPLES, _body, argv, multirun=_multirun)
 
 
+def command() -> None:
+    """The process: python -m pipelines.train, or the rlpipe-train command."""
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -74,3 +74,15 @@ def test_one_seed_has_no_interval_and_the_stratified_bootstrap_resamples_each_en
     # Each stratum keeps its 3 values in every resample: the pooled IQM stays between the
     # IQMs of (1,1,1 | 10,10,10) and (3,3,3 | 12,12,12).
     assert 5.5 <= low <= high <= 7.5
+
+
+def test_the_iqm_is_scipys_trimmed_mean_at_a_quarter():
+    import numpy as np
+    from scipy import stats
+
+    from pipelines.summary import iqm
+
+    rng = np.random.default_rng(1)
+    for n in range(1, 12):
+        x = rng.normal(size=(3, n))
+        assert np.allclose(iqm(x), stats.trim_mean(x, 0.25, axis=-1))
