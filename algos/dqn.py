@@ -436,7 +436,7 @@ def train(
     step_chunk = request_steps(cfg)
     updates_per_step = cfg.gradient_steps / cfg.train_freq
     owed = 0.0
-    returns: list[tuple[int, float]] = []
+    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
     stats_sum = torch.zeros(2, device=device)  # loss, mean Q summed over the updates
     watch = Stopwatch()
     steps_since, updates_since = 0, 0
@@ -452,8 +452,8 @@ def train(
             buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
                        batch["next_obs"], batch["terminated"], batch["truncated"],
                        batch["episode_starts"], batch.get("first_frames"))
-            for ret, _length, at in batch["episodes"]:
-                returns.append((env_steps + at, ret))
+            for ret, _length, at, ended_at in batch["episodes"]:
+                returns.append((env_steps + at, ret, ended_at))
             env_steps += batch["steps"]
             steps_since += batch["steps"]
             # Once learning starts it goes on (len() of the frame memory is not free).
@@ -500,7 +500,7 @@ def train(
                     metrics["loss/td"], metrics["train/q_mean"] = loss_q
                 if returns:
                     metrics["train/episode_return_mean"] = float(
-                        np.mean([r for _, r in returns]))
+                        np.mean([r[1] for r in returns]))
                 checkpoint = {
                     "online": cpu_weights(online),
                     "target": cpu_weights(target),

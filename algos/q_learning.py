@@ -10,6 +10,7 @@ Evaluation plays the greedy policy on fixed reset seeds and scores mean - std.
 A run is a function of (config, env config, seed): the same seed gives the same table.
 """
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +163,7 @@ def train(
         set_generator_state(env.unwrapped.np_random, state["env_rng"])
     lr, gamma = cfg.lr, cfg.gamma
     eval_seeds = cfg.evaluation_seeds()
-    returns: list[tuple[int, float]] = []
+    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
     sq_td_sum, updates = 0.0, 0
     watch = Stopwatch()
     metrics: dict[str, float] = {}
@@ -189,7 +190,7 @@ def train(
         env_steps += t
         updates += t
         episode += 1
-        returns.append((env_steps, float(total)))
+        returns.append((env_steps, float(total), time.time()))
         if episode % cfg.report_every == 0 or episode == cfg.episodes:
             seconds = watch.lap()
             q = np.asarray(table)

@@ -190,7 +190,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
         pool.restarts = state.get("worker_restarts", 0)
-    returns: list[tuple[int, float]] = []
+    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
     losses, entropies, sources = [], [], []
     watch = Stopwatch()
     steps_since = 0
@@ -217,7 +217,7 @@ def train(
             for ep in eps:
                 env_steps += len(ep["rewards"])
                 steps_since += len(ep["rewards"])
-                returns.append((env_steps, float(np.sum(ep["rewards"]))))
+                returns.append((env_steps, float(np.sum(ep["rewards"])), ep["ended_at"]))
             episode += len(eps)
             final = episode >= cfg.episodes
             if episode >= next_eval or final:

@@ -265,7 +265,7 @@ class RunLogger:
         self,
         step: int,
         metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        history: Mapping[str, Sequence[tuple]] | None = None,
     ) -> None:
         """Log one report: history points and this step's metrics."""
         self.log_reports([(step, metrics, history)])
@@ -273,7 +273,7 @@ class RunLogger:
     def log_reports(
         self,
         reports: Sequence[
-            tuple[int, Mapping[str, float], Mapping[str, Sequence[tuple[int, float]]] | None]
+            tuple[int, Mapping[str, float], Mapping[str, Sequence[tuple]] | None]
         ],
     ) -> None:
         """Log reports of (step, metrics, history) in as few calls as MLflow allows."""
@@ -282,9 +282,11 @@ class RunLogger:
 
     def report_points(
         self, step: int, metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        history: Mapping[str, Sequence[tuple]] | None = None,
     ) -> list:
-        """One report's points, stamped now (when it is made, not when it is written).
+        """One report's points: its metrics stamped now (when it is made, not when it is
+        written), its history points at the wall time each carries (step, value, time), or
+        now for a (step, value) point.
 
         Its `train/env_steps` point goes last, and send() writes a report whole, so that a
         step's `train/env_steps` in the store means everything of that step is there;
@@ -296,10 +298,10 @@ class RunLogger:
 
         now = int(time.time() * 1000)
         points = [
-            Metric(name, float(value), now, int(s))
+            Metric(name, float(p[1]), int(p[2] * 1000) if len(p) > 2 else now, int(p[0]))
             for name, series in (history or {}).items()
-            for s, value in series
-            if s > self.watermark
+            for p in series
+            if p[0] > self.watermark
         ]
         if step > self.watermark:
             points += [Metric(name, float(value), now, int(step))

@@ -93,9 +93,10 @@ def load_state(folder: str | Path) -> dict[str, Any]:
         return pickle.load(f)
 
 
-def thin(series: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
+def thin(series: Sequence[tuple], max_points: int) -> list[tuple]:
     """At most `max_points` points: consecutive points averaged in near-equal groups, each
-    stepped at its group's last step. 0 keeps them all."""
+    stepped (and, for (step, value, time) points, stamped) at its group's last point. 0
+    keeps them all."""
     n = len(series)
     if max_points <= 0 or n <= max_points:
         return list(series)
@@ -103,7 +104,8 @@ def thin(series: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int
     out = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         group = series[lo:hi]
-        out.append((group[-1][0], sum(v for _, v in group) / len(group)))
+        mean = sum(p[1] for p in group) / len(group)
+        out.append((group[-1][0], mean, *group[-1][2:]))
     return out
 
 
@@ -196,7 +198,7 @@ class TrialReporter:
             time.sleep(every)
 
     def _progress(self, step: int, metrics: Mapping[str, float],
-                  history: Mapping[str, Sequence[tuple[int, float]]] | None) -> dict:
+                  history: Mapping[str, Sequence[tuple]] | None) -> dict:
         """The status line's figures of one report."""
         out = {}
         if self.budget:
@@ -206,14 +208,14 @@ class TrialReporter:
                 out[PROGRESS_KEY] = min(1.0, float(done) / total)
         returns = (history or {}).get("train/episode_return")
         if returns:
-            out[RECENT_RETURN_KEY] = sum(v for _, v in returns) / len(returns)
+            out[RECENT_RETURN_KEY] = sum(p[1] for p in returns) / len(returns)
         return out
 
     def report(
         self,
         step: int,
         metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        history: Mapping[str, Sequence[tuple]] | None = None,
         state: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:

@@ -182,6 +182,11 @@ def test_train_is_one_run_without_a_parent(workdir):
     assert (run.data.tags["cluster.nodes"], run.data.tags["cluster.cpus"]) == ("1", "2")
     assert run.data.tags["ray.node_id"] and run.data.tags["host"]
     assert "workflowType=machine_learning" in result.last_line
+    # Each episode's return carries the time its episode ended, not its report's or flush's.
+    returns = sorted(client.get_metric_history(run.info.run_id, "train/episode_return"),
+                     key=lambda m: m.step)
+    stamps = [m.timestamp for m in returns]
+    assert stamps == sorted(stamps) and len(set(stamps)) > 4 * 4  # 4 reports
     # The status line: the budget done, the recent (exploring) return, the metric.
     assert re.search(r"\] 400/400 episodes \(100%\) \| recent return [0-9.]+ \| eval/score 1$",
                      result.stdout, re.M), result.stdout

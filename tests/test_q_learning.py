@@ -87,8 +87,10 @@ def test_every_episode_return_is_reported_at_its_env_step():
     train(QLearningConfig(episodes=250, report_every=100), FROZENLAKE, seed=0, reporter=reporter)
     points = reporter.history["train/episode_return"]
     assert len(points) == 250
-    steps = [s for s, _ in points]
+    steps = [p[0] for p in points]
     assert steps == sorted(steps) and steps[-1] == reporter.reports[-1]["step"]
+    times = [p[2] for p in points]  # each episode stamped when it ended
+    assert times == sorted(times) and times[0] < times[-1]
     assert [r["step"] for r in reporter.reports] == [steps[99], steps[199], steps[249]]
 
 

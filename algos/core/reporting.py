@@ -18,14 +18,15 @@ class Reporter(Protocol):
         self,
         step: int,
         metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        history: Mapping[str, Sequence[tuple]] | None = None,
         state: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:
         """Record `metrics` at `step`.
 
-        history: finer-grained points since the last report, as (step, value) pairs per
-            metric (e.g. every finished episode's return).
+        history: finer-grained points since the last report, per metric, as (step, value)
+            or (step, value, wall time it was produced at, time.time()) (e.g. every
+            finished episode's return, stamped at the episode's end).
         state: everything needed to continue from here, as passed back to the algorithm's
             `train(..., state=...)`; the listener decides whether to checkpoint it.
         final: this is the run's last report.
@@ -37,14 +38,14 @@ class MemoryReporter:
     """Keeps every report in memory: for tests and notebooks."""
 
     reports: list[dict[str, Any]] = field(default_factory=list)
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    history: dict[str, list[tuple]] = field(default_factory=dict)
     last_state: Mapping[str, Any] | None = None
 
     def report(
         self,
         step: int,
         metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        history: Mapping[str, Sequence[tuple]] | None = None,
         state: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> None:

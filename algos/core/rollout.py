@@ -9,6 +9,7 @@ ignored, and it is never returned as a transition.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +67,8 @@ class RolloutWorker:
         frames_only: bool = False,
     ) -> dict[str, Any]:
         """At least `num_steps` transitions (a multiple of num_envs, resets excluded), and
-        the episodes that finished: (return, length, transitions of this batch so far).
+        the episodes that finished: (return, length, transitions of this batch so far, the
+        wall time it ended at).
 
         frames_only (stacked frames, for the frame replay memory): "obs" and "next_obs"
         hold only the newest frame of each stack, and "first_frames" the older frames of
@@ -77,7 +79,7 @@ class RolloutWorker:
         cols: dict[str, list] = {k: [] for k in (
             "env_ids", "obs", "actions", "rewards", "next_obs", "terminated", "truncated",
             "episode_starts", "first_frames")}
-        episodes: list[tuple[float, int]] = []
+        episodes: list[tuple[float, int, int, float]] = []
         stored = 0
         ids = np.arange(self.num_envs) + self.env_offset
         while stored < num_steps:
@@ -102,8 +104,9 @@ class RolloutWorker:
             self.ep_return[keep] += rewards[keep]
             self.ep_length[keep] += 1
             done = keep & (terminated | truncated)
+            now = time.time()
             for i in np.flatnonzero(done):
-                episodes.append((float(self.ep_return[i]), int(self.ep_length[i]), stored))
+                episodes.append((float(self.ep_return[i]), int(self.ep_length[i]), stored, now))
             self.ep_return[done] = 0.0
             self.ep_length[done] = 0
             # A reset step's obs starts an episode; a kept step's obs continues one.
@@ -120,7 +123,8 @@ class RolloutWorker:
         self, n: int, max_steps: int, weights: dict[str, torch.Tensor] | None = None
     ) -> list[dict[str, np.ndarray]]:
         """`n` full episodes played by the stochastic policy (softmax over the network's
-        outputs), as per-episode arrays obs, actions, rewards.
+        outputs), as per-episode arrays obs, actions, rewards, and the wall time each ended
+        at (ended_at).
 
         Episodes are played in rounds in which every env used plays exactly one episode
         from a reset, so that short episodes are not favoured over long ones."""
@@ -132,6 +136,7 @@ class RolloutWorker:
             obs, _ = self.envs.reset()
             cols: list[dict[str, list]] = [{"obs": [], "actions": [], "rewards": []}
                                            for _ in range(take)]
+            ended_at = [0.0] * take
             active = np.zeros(self.num_envs, dtype=np.bool_)
             active[:take] = True
             for _ in range(max_steps):
@@ -143,13 +148,18 @@ class RolloutWorker:
                     cols[i]["obs"].append(obs[i])
                     cols[i]["actions"].append(actions[i])
                     cols[i]["rewards"].append(float(rewards[i]))
-                active &= ~(terminated | truncated)
+                ended = active & (terminated | truncated)
+                for i in np.flatnonzero(ended):
+                    ended_at[i] = time.time()
+                active &= ~ended
                 obs = next_obs
                 if not active.any():
                     break
+            now = time.time()  # episodes cut at max_steps end now
             episodes += [{"obs": np.stack(c["obs"]), "actions": np.asarray(c["actions"]),
-                          "rewards": np.asarray(c["rewards"], dtype=np.float64)}
-                         for c in cols]
+                          "rewards": np.asarray(c["rewards"], dtype=np.float64),
+                          "ended_at": ended_at[i] or now}
+                         for i, c in enumerate(cols)]
         # The next sample() or sample_episodes() starts from fresh resets.
         self.obs, _ = self.envs.reset()
         self.episode_start[:] = True
