@@ -1,0 +1,72 @@
+"""Agents saved as data and loaded back: the same actions, and a changed file refused."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from algos.core.agents import (
+    AgentFileError,
+    NetworkAgent,
+    TableAgent,
+    read_manifest,
+    save_agent,
+)
+from algos.core.networks import NetworkFactory
+
+
+def test_a_q_table_agent_round_trips_as_npy(tmp_path):
+    table = np.random.default_rng(0).normal(size=(16, 4))
+    agent = TableAgent(table)
+    manifest = save_agent(agent, tmp_path / "a", algo="q_learning", step=7)
+    assert set(manifest["files"]) == {"q_table.npy"} and manifest["step"] == 7
+    loaded = TableAgent.load(tmp_path / "a", read_manifest(tmp_path / "a")["spec"])
+    states = np.arange(16)
+    assert np.array_equal(loaded.act(states), table.argmax(1))
+
+
+@pytest.mark.parametrize("obs_space", [
+    gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+    gym.spaces.Box(0, 255, (4, 84, 84), np.uint8),
+], ids=["mlp", "cnn"])
+def test_a_network_agent_round_trips_as_tensors_only(tmp_path, obs_space):
+    torch.manual_seed(0)
+    factory = NetworkFactory("auto", (32, 32))
+    net = factory(obs_space, gym.spaces.Discrete(3))
+    agent = NetworkAgent.of(net, factory, obs_space, 3)
+    save_agent(agent, tmp_path / "n", algo="dqn")
+    spec = read_manifest(tmp_path / "n")["spec"]
+    loaded = NetworkAgent.load(tmp_path / "n", spec)
+    obs = np.stack([obs_space.sample() for _ in range(8)])
+    assert np.array_equal(loaded.act(obs), agent.act(obs))
+    with torch.no_grad():
+        expected = net(torch.as_tensor(obs)).argmax(1).numpy()
+    assert np.array_equal(loaded.act(obs), expected)
+
+
+def test_a_changed_weights_file_is_refused_before_it_is_read(tmp_path):
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    factory = NetworkFactory("mlp", (8,))
+    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
+    save_agent(agent, tmp_path / "n", algo="dqn")
+    weights = tmp_path / "n" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[-20] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(AgentFileError, match="weights.pt: its SHA-256 is not the one recorded"):
+        read_manifest(tmp_path / "n")
+    (tmp_path / "n" / "agent.json").write_text("{not json")
+    with pytest.raises(AgentFileError, match="not an agent's manifest"):
+        read_manifest(tmp_path / "n")
+
+
+def test_weights_of_another_network_are_refused_with_a_clear_error(tmp_path):
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    factory = NetworkFactory("mlp", (8,))
+    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
+    save_agent(agent, tmp_path / "n", algo="dqn")
+    spec = {**read_manifest(tmp_path / "n")["spec"], "hidden_sizes": [16]}
+    with pytest.raises(AgentFileError, match="not this network's weights"):
+        NetworkAgent.load(tmp_path / "n", spec)
