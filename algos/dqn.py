@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.core import validation as v
+from algos.core.agents import Best, NetworkAgent
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
@@ -148,12 +149,28 @@ class DQNConfig:
 
 @dataclass
 class DQNResult:
-    """What a finished run leaves: the online network and its last metrics."""
+    """What a finished run leaves: the online network as an agent, its last metrics, and
+    its weights at its best evaluation."""
 
-    network: nn.Module
+    final: NetworkAgent
     metrics: dict[str, float] = field(default_factory=dict)
-    example_obs: np.ndarray | None = None
-    """A batch of one observation: what the network takes (for model signatures)."""
+    best: Best = field(default_factory=Best)
+    example: np.ndarray | None = None
+
+    @property
+    def network(self) -> nn.Module:
+        """The final online network (CPU)."""
+        return self.final.net
+
+    def agents(self) -> dict[str, NetworkAgent]:
+        """The final and the best agent (greedy on the Q-values)."""
+        best = self.best.weights
+        return {"final": self.final,
+                "best": self.final if best is None else self.final.with_weights(best)}
+
+    def example_obs(self) -> np.ndarray:
+        """A batch of observations the agents take (for model signatures)."""
+        return self.example
 
 
 def check_spaces(env) -> None:
@@ -421,6 +438,7 @@ def train(
     env_steps = updates = last_sync = 0
     next_eval = cfg.eval_every
     learn_from = cfg.learning_starts  # env step from which the learner trains
+    best = Best()
     if state is not None:
         online.load_state_dict(state["online"])
         target.load_state_dict(state["target"])
@@ -428,6 +446,7 @@ def train(
         env_steps, updates, last_sync = state["env_steps"], state["updates"], state["last_sync"]
         next_eval = state["next_eval"]
         pool.restarts = state.get("worker_restarts", 0)
+        best = Best.restore(state.get("best"))
         if state.get("replay") is not None:
             buffer.load_state_dict(state["replay"])
         else:  # an empty memory: refill it as at the start before learning again
@@ -501,9 +520,11 @@ def train(
                 if returns:
                     metrics["train/episode_return_mean"] = float(
                         np.mean([r[1] for r in returns]))
+                best.offer(mean - std, env_steps, lambda: cpu_weights(online))
                 checkpoint = {
                     "online": cpu_weights(online),
                     "target": cpu_weights(target),
+                    "best": best.state(),
                     "optimizer": optimizer.state_dict(),
                     "env_steps": env_steps, "updates": updates, "last_sync": last_sync,
                     "next_eval": next_eval + cfg.eval_every,
@@ -519,5 +540,6 @@ def train(
                 watch.lap()
     finally:
         pool.close()
-    example = np.asarray(pool.obs_space.sample())[None]
-    return DQNResult(network=online.cpu(), metrics=metrics, example_obs=example)
+    example = np.stack([np.asarray(pool.obs_space.sample()) for _ in range(2)])
+    final = NetworkAgent.of(online, factory, pool.obs_space, int(pool.action_space.n))
+    return DQNResult(final=final, metrics=metrics, best=best, example=example)

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from algos.core import validation as v
+from algos.core.agents import Best, TableAgent
 from algos.core.envs import EnvConfig, make_env
 from algos.core.finite import check_finite
 from algos.core.reporting import NullReporter, Reporter
@@ -77,10 +78,21 @@ class QLearningConfig:
 
 @dataclass
 class QLearningResult:
-    """What a finished run leaves: the table and its last metrics."""
+    """What a finished run leaves: the table, its last metrics, and the table at its best
+    evaluation."""
 
     q_table: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
+    best: Best = field(default_factory=Best)
+
+    def agents(self) -> dict[str, TableAgent]:
+        """The final and the best agent."""
+        best = self.best.weights if self.best.weights is not None else self.q_table
+        return {"final": TableAgent(self.q_table), "best": TableAgent(best)}
+
+    def example_obs(self) -> np.ndarray:
+        """A batch of observations (states) the agents take."""
+        return np.arange(min(2, len(self.q_table)), dtype=np.int64)
 
 
 def check_spaces(env: gym.Env) -> tuple[int, int]:
@@ -156,11 +168,13 @@ def train(
     if state is None:
         table = [[0.0] * n_actions for _ in range(n_states)]
         episode = env_steps = 0
+        best = Best()
     else:
         table = np.asarray(state["q_table"], dtype=np.float64).tolist()
         episode, env_steps = int(state["episode"]), int(state["env_steps"])
         set_generator_state(rng, state["rng"])
         set_generator_state(env.unwrapped.np_random, state["env_rng"])
+        best = Best.restore(state.get("best"))
     lr, gamma = cfg.lr, cfg.gamma
     eval_seeds = cfg.evaluation_seeds()
     returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
@@ -208,8 +222,10 @@ def train(
                 "perf/updates_per_s": updates / seconds if seconds > 0 else 0.0,
             }
             check_finite(env_steps, {k: metrics[k] for k in ("loss/td", "train/q_mean")})
+            best.offer(mean - std, env_steps, q.copy)
             checkpoint = {
                 "q_table": q,
+                "best": best.state(),
                 "episode": episode,
                 "env_steps": env_steps,
                 "rng": generator_state(rng),
@@ -226,4 +242,4 @@ def train(
             watch.lap()  # evaluation and reporting are not training time
     env.close()
     eval_env.close()
-    return QLearningResult(q_table=np.asarray(table), metrics=metrics)
+    return QLearningResult(q_table=np.asarray(table), metrics=metrics, best=best)

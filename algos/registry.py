@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from algos import dqn, q_learning, reinforce
+from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, read_manifest
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,14 @@ class Algorithm:
     replay_nbytes: Callable[[Any, Any], tuple[int, int]] = lambda cfg, obs_space: (0, 0)
     """(host bytes, learner-device bytes) of the replay memory a run allocates, from its
     config and the env's observation space (none: a table or one batch of episodes)."""
+    agent: type = NetworkAgent
+    """How its trained agent acts and is saved and loaded (algos.core.agents): its train()
+    result's agents() are of this class."""
+    evaluation: Callable[[Any], dict[str, Any]] = lambda cfg: {
+        "seeds": list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)),
+        "max_steps": getattr(cfg, "max_steps", None)}
+    """How the run evaluated its agent, from its config: the reset seed of each episode and
+    the most steps of one ({"seeds": [...], "max_steps": int or None})."""
     budget: tuple[str, str] = ("total_steps", "train/env_steps")
     """(the config field that holds the training budget, the reported metric that counts
     toward it)."""
@@ -32,6 +42,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_class=q_learning.QLearningConfig,
         train=q_learning.train,
         check_env=q_learning.check_spaces,
+        agent=TableAgent,
+        evaluation=lambda cfg: {"seeds": cfg.evaluation_seeds(), "max_steps": cfg.max_steps},
         budget=("episodes", "train/episodes"),
     ),
     "dqn": Algorithm(
@@ -57,3 +69,15 @@ def get_algorithm(name: str) -> Algorithm:
         return ALGORITHMS[name]
     except KeyError:
         raise KeyError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}") from None
+
+
+def load_agent(folder: str | Path) -> tuple[Agent, dict[str, Any]]:
+    """The agent saved in `folder` (algos.core.agents.save_agent) and its manifest, its
+    files checked against their recorded SHA-256 first."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest["algo"] not in ALGORITHMS:
+        raise AgentFileError(f"{folder}: an agent of algorithm {manifest['algo']!r}; known: "
+                             f"{', '.join(ALGORITHMS)}")
+    algorithm = get_algorithm(manifest["algo"])
+    return algorithm.agent.load(folder, manifest["spec"]), manifest

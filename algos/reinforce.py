@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from algos.core import validation as v
+from algos.core.agents import Best, NetworkAgent
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
@@ -87,11 +88,28 @@ class ReinforceConfig:
 
 @dataclass
 class ReinforceResult:
-    """What a finished run leaves: the policy network and its last metrics."""
+    """What a finished run leaves: the policy as an agent, its last metrics, and its
+    weights at its best evaluation."""
 
-    network: nn.Module
+    final: NetworkAgent
     metrics: dict[str, float] = field(default_factory=dict)
-    example_obs: np.ndarray | None = None
+    best: Best = field(default_factory=Best)
+    example: np.ndarray | None = None
+
+    @property
+    def network(self) -> nn.Module:
+        """The final policy network (CPU)."""
+        return self.final.net
+
+    def agents(self) -> dict[str, NetworkAgent]:
+        """The final and the best agent (the most probable action)."""
+        best = self.best.weights
+        return {"final": self.final,
+                "best": self.final if best is None else self.final.with_weights(best)}
+
+    def example_obs(self) -> np.ndarray:
+        """A batch of observations the agents take (for model signatures)."""
+        return self.example
 
 
 def check_spaces(env) -> None:
@@ -185,11 +203,13 @@ def train(
     policy = factory(obs_space, pool.action_space).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     episode = env_steps = updates = 0
+    best = Best()
     if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
         pool.restarts = state.get("worker_restarts", 0)
+        best = Best.restore(state.get("best"))
     returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
     losses, entropies, sources = [], [], []
     watch = Stopwatch()
@@ -236,7 +256,10 @@ def train(
                     "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
                     "perf/updates_per_s": len(losses) / seconds if seconds else 0.0,
                 }
+                best.offer(mean - std, env_steps, lambda: {
+                    k: t.detach().to("cpu", copy=True) for k, t in policy.state_dict().items()})
                 checkpoint = {
+                    "best": best.state(),
                     "policy": {k: t.detach().cpu() for k, t in policy.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
                     "episode": episode, "env_steps": env_steps, "updates": updates,
@@ -251,5 +274,6 @@ def train(
                 watch.lap()
     finally:
         pool.close()
-    example = np.asarray(obs_space.sample())[None]
-    return ReinforceResult(network=policy.cpu(), metrics=metrics, example_obs=example)
+    example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])
+    final = NetworkAgent.of(policy, factory, obs_space, int(pool.action_space.n))
+    return ReinforceResult(final=final, metrics=metrics, best=best, example=example)

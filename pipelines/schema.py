@@ -170,16 +170,24 @@ class SweepConfig:
 class EvaluateConfig:
     """What python -m pipelines.evaluate plays."""
 
+    model: str | None = None
+    """The model to play: models:/<name>@<alias>, models:/<name>/<version>,
+    models:/<model id>, or runs:/<run id>/<path> (final or best)."""
     run_id: str | None = None
-    """The MLflow run whose logged model plays."""
+    """Instead of model: the run whose best model plays."""
     episodes: int | None = None
-    """Episodes to play (null: the run's own evaluation episodes and seeds)."""
-    record: bool = False
-    """Also log the results to that run, as evaluate/* metrics."""
+    """Episodes to play, on reset seeds seed, seed+1, ... (null: the run's own evaluation
+    episodes and seeds)."""
+    seed: int = 0
+    """With episodes: the first reset seed."""
 
     def __post_init__(self) -> None:
         if self.episodes is not None:
             v.positive(self, "episodes")
+        v.at_least(self, "seed", 0)
+        if self.model and self.run_id:
+            raise v.ConfigValueError("run_id", self.run_id, "give evaluate.model or "
+                                     "evaluate.run_id, not both")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from algos.core.networks import resolve_device
 from algos.registry import get_algorithm
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, flat_params, load
-from pipelines.models import log_model
+from pipelines.models import log_agents
 from pipelines.summary import CONFIG_TAG, config_label
 from pipelines.tracking import (
     RunLogger,
@@ -337,7 +337,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
         trained = time.monotonic()
         reporter.flush()
-        log_model(logger, cfg.algo.name, result, composed)
+        log_agents(logger, result, composed)
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.
         reporter.flush()

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -65,10 +66,11 @@ def check_six_trial_sweep(client: MlflowClient, result, experiment: str = "sweep
             assert name in child.data.metrics, name
         assert tags["ray.node_id"] and tags["ray.node_ip"] and tags["host"]  # where it ran
         assert "system/cpu_utilization_percentage" in child.data.metrics
-        top = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"config.yaml", "model"} <= top
-        model = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert model == {"model/q_table.npy", "model/meta.json"}
+        assert "config.yaml" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        models = client.search_logged_models(
+            [exp.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'")
+        assert {m.name for m in models} == {"final", "best"}
+        assert {tags["model.final"], tags["model.best"]} == {m.model_id for m in models}
         assert tags["config"] == f"algo.lr={params['algo.lr']}"  # swept, seed left out
     check_summary(client, parent, children)
     assert parent.data.params["space.algo.lr"] == "0.5,0.9"
@@ -135,23 +137,44 @@ def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
     assert unknown.stderr.strip() == ("error: report.sweep=seven: no sweep of that name; "
                                       "sweeps there: six")
     assert f"cd {workdir} && " in result.last_line and "mlflow ui" in result.last_line
-    # The Q-table logged is the trained one: greedy play from it solves the lake.
+    # The logged model loads as a pyfunc model and acts on a batch of states.
     _, _, children = runs_of(client, "sweeps")
-    from pipelines.models import load_q_table
-
-    table = load_q_table(f"sqlite:///{workdir / 'mlflow.db'}", children[0].info.run_id)
-    assert table.shape == (16, 4) and table.any()
-    # A logged model plays again: evaluate reproduces the run's own evaluation.
     child = children[0]
-    played = run_cli("pipelines.evaluate", [f"evaluate.run_id={child.info.run_id}",
-                                            "evaluate.record=true"], workdir)
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    final = mlflow.pyfunc.load_model(f"models:/{child.data.tags['model.final']}")
+    actions = final.predict(np.arange(16))
+    assert actions.shape == (16,) and set(actions.tolist()) <= {0, 1, 2, 3}
+    # evaluate.run_id plays the run's best model on the run's own evaluation seeds: it
+    # scores what the run's best evaluation scored, and is recorded as a run of its own.
+    played = run_cli("pipelines.evaluate", [f"evaluate.run_id={child.info.run_id}"], workdir)
     assert played.returncode == 0, played.stderr[-3000:]
     figures = json.loads(played.last_line)
     assert figures["episodes"] == 100
-    assert figures["mean_return"] == child.data.metrics["eval/mean_return"]
-    assert figures["score"] == child.data.metrics["eval/score"]
-    recorded = client.get_run(child.info.run_id).data.metrics
-    assert recorded["evaluate/mean_return"] == figures["mean_return"]
+    best = max(m.value for m in client.get_metric_history(child.info.run_id, "eval/score"))
+    assert figures["score"] == best
+    recorded = client.get_run(figures["run_id"])
+    assert recorded.data.metrics["eval/score"] == best
+    assert recorded.data.tags["source_run_id"] == child.info.run_id
+    assert recorded.data.tags["model_uri"] == f"models:/{child.data.tags['model.best']}"
+    # Any model URI plays: a model id with episodes on fixed seeds, a run's model by path.
+    final_uri = f"models:/{child.data.tags['model.final']}"
+    by_id = run_cli("pipelines.evaluate", [f"evaluate.model={final_uri}",
+                                           "evaluate.episodes=3"], workdir)
+    assert by_id.returncode == 0, by_id.stderr[-3000:]
+    assert json.loads(by_id.last_line)["episodes"] == 3
+    by_path = run_cli("pipelines.evaluate", [f"evaluate.model=runs:/{child.info.run_id}/final"],
+                      workdir)
+    assert by_path.returncode == 0, by_path.stderr[-3000:]
+    for args, line in [
+        (["evaluate.model=models:/m-0123456789abcdef"], "does not resolve"),
+        ([f"evaluate.model=models:/{child.data.tags['model.best']}", "env=taxi"],
+         "env=taxi: the model was trained on FrozenLake-v1"),
+    ]:
+        refused = run_cli("pipelines.evaluate", args, workdir)
+        assert refused.returncode == 2 and line in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     missing = run_cli("pipelines.evaluate", ["evaluate.run_id=0123456789abcdef"], workdir)
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: evaluate.run_id=0123456789abcdef: no such run")
@@ -352,13 +375,14 @@ def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
         assert child.data.params["algo.name"] == "dqn"
         assert child.data.params["env.id"] == "CartPole-v1"
         assert len(client.get_metric_history(child.info.run_id, "eval/score")) == 2
-    # The logged network plays again and scores what the run's last evaluation scored.
+    # The run's best network plays again and scores what its best evaluation scored.
     child = children[0]
     played = run_cli("pipelines.evaluate", [f"evaluate.run_id={child.info.run_id}"], workdir)
     assert played.returncode == 0, played.stderr[-3000:]
     figures = json.loads(played.last_line)
     assert figures["episodes"] == 2
-    assert figures["mean_return"] == child.data.metrics["eval/mean_return"]
+    best = max(m.value for m in client.get_metric_history(child.info.run_id, "eval/score"))
+    assert figures["score"] == best
 
 
 def test_a_reinforce_sweep_over_learning_rate_and_seed(workdir):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +35,30 @@ class Agent(Protocol):
 
     def save(self, folder: Path) -> dict[str, Any]:
         """Write the agent's data into `folder`; return the spec that rebuilds it."""
+
+
+@dataclass
+class Best:
+    """A run's best evaluation so far (by eval/score) and the agent's weights there, as
+    SB3's EvalCallback keeps best_model; carried through checkpoints (state/restore)."""
+
+    score: float = -math.inf
+    step: int = -1
+    weights: Any = None
+
+    def offer(self, score: float, step: int, weights: Callable[[], Any]) -> None:
+        """Keep `weights()` (a copy) when `score` beats the best so far."""
+        if math.isfinite(score) and score > self.score:
+            self.score, self.step, self.weights = score, step, weights()
+
+    def state(self) -> dict[str, Any]:
+        """Plain data for a checkpoint."""
+        return asdict(self)
+
+    @classmethod
+    def restore(cls, state: Mapping[str, Any] | None) -> Best:
+        """From state() (a checkpoint without one: nothing kept yet)."""
+        return cls(**state) if state else cls()
 
 
 class TableAgent:
@@ -83,6 +110,14 @@ class NetworkAgent:
                 "obs_shape": list(obs_space.shape), "obs_dtype": str(obs_space.dtype),
                 "n_actions": int(n_actions)}
         return cls(copy.deepcopy(net).cpu(), spec)
+
+    def with_weights(self, weights: Mapping[str, Any]) -> NetworkAgent:
+        """The same network with other weights (a copy)."""
+        import copy
+
+        net = copy.deepcopy(self.net)
+        net.load_state_dict(weights)
+        return NetworkAgent(net, self.spec)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions of a batch of observations."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -12,15 +12,18 @@ from algos.core.envs import EnvConfig, make_vector_env
 def play_episodes(
     env_cfg: EnvConfig,
     episodes: int,
-    seed: int,
+    seed: int | Sequence[int],
     act: Callable[[np.ndarray], np.ndarray],
     max_steps: int | None = None,
 ) -> tuple[float, float, list[float]]:
-    """One episode per env of a vector env, reset seeds seed..seed+episodes-1, actions from
-    `act(observations)`; steps after an env's episode ended do not count. Returns
-    (mean, std, returns)."""
+    """One episode per env of a vector env, reset with seeds seed..seed+episodes-1 (or the
+    given list of seeds, one per episode), actions from `act(observations)`; steps after an
+    env's episode ended do not count. Returns (mean, std, returns)."""
+    seeds = list(seed) if isinstance(seed, Sequence) else list(range(seed, seed + episodes))
+    if len(seeds) != episodes:
+        raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
     envs = make_vector_env(env_cfg, episodes)
-    obs, _ = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=seeds)
     returns = np.zeros(episodes)
     done = np.zeros(episodes, dtype=np.bool_)
     steps = 0

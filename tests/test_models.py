@@ -1,0 +1,84 @@
+"""Every algorithm's agent as an MLflow pyfunc model of data: trained briefly, logged as
+final and best, loaded with mlflow.pyfunc.load_model, acting as the agent in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from algos.registry import get_algorithm
+from pipelines.config import load
+from pipelines.models import log_agents
+from pipelines.tracking import RunLogger
+
+ALGOS = {
+    "q_learning": ["experiment=frozenlake_course", "algo.episodes=300", "algo.report_every=100"],
+    "dqn": ["experiment=cartpole_dqn", "algo.total_steps=1500", "algo.learning_starts=500",
+            "algo.eval_every=500", "algo.eval_episodes=2", "algo.device=cpu"],
+    "reinforce": ["experiment=cartpole_reinforce", "algo.episodes=20", "algo.eval_every=10",
+                  "algo.eval_episodes=2", "algo.device=cpu"],
+}
+
+
+def batch_for(composed, result) -> np.ndarray:
+    """A batch of real observations of the env."""
+    from algos.core.envs import make_env
+
+    env = make_env(composed.cfg.env)
+    obs = [env.reset(seed=s)[0] for s in range(8)]
+    env.close()
+    return np.asarray(obs, dtype=result.example_obs().dtype)
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
+    composed = load(ALGOS[algo] + ["seed=0"])
+    cfg = composed.cfg
+    result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("models"))
+    logger = RunLogger(uri, run.info.run_id, -np.inf)
+    ids = log_agents(logger, result, composed)
+    assert set(ids) == {"final", "best"}
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the trial closes it
+    mlflow.set_tracking_uri(uri)
+    obs = batch_for(composed, result)
+    for name, agent in result.agents().items():
+        model = mlflow.pyfunc.load_model(f"models:/{ids[name]}")
+        assert np.array_equal(model.predict(obs), agent.act(obs)), name
+        meta = model.metadata
+        assert meta.signature is not None and meta.flavors["python_function"][
+            "loader_module"] == "pipelines.models"
+    # No pickle anywhere in the model: data files, the spec and MLflow's own files.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{ids['best']}",
+                                                     dst_path=str(tmp_path / "dl")))
+    names = {p.name for p in local.rglob("*") if p.is_file()}
+    assert not any(n.endswith((".pkl", ".pickle")) for n in names), names
+    assert "agent.json" in names
+    # best: the agent at the best evaluation, never worse than the final one's
+    assert result.best.step > 0 and result.best.score >= result.metrics["eval/score"]
+
+
+def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
+    composed = load(ALGOS["dqn"] + ["seed=0"])
+    cfg = composed.cfg
+    result = get_algorithm("dqn").train(cfg.algo, cfg.env, cfg.seed)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("models"))
+    ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed)
+    mlflow.set_tracking_uri(uri)
+    stored = Path(client.get_logged_model(ids["final"]).artifact_location.removeprefix(
+        "file://"))
+    weights = next(stored.rglob("weights.pt"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="weights.pt: its SHA-256 is not the one recorded"):
+        mlflow.pyfunc.load_model(f"models:/{ids['final']}")
