@@ -9,7 +9,6 @@ process: no Ray is needed to play.
 from __future__ import annotations
 
 import json
-import os
 
 from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
@@ -53,43 +52,13 @@ def check_model_arg(model: str | None, run_id: str | None) -> None:
                         "models:/<model id>, runs:/<run id>/<path>")
 
 
-def download_agent(model_uri: str, tracking_uri: str, dst: str):
-    """The agent and manifest of a pyfunc model of this project; bad input when the URI
-    does not resolve or is not such a model."""
-    from pathlib import Path
-
-    import yaml
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-
-    from algos.core.agents import AgentFileError
-    from algos.registry import load_agent
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        local = Path(download_artifacts(artifact_uri=model_uri, dst_path=dst,
-                                        tracking_uri=tracking_uri))
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    except (MlflowException, OSError, KeyError, TypeError) as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise UserError(f"evaluate.model={model_uri}: does not resolve to a model of this "
-                        f"project ({reason})") from None
-    if flavor.get("loader_module") != "pipelines.models":
-        raise UserError(f"evaluate.model={model_uri}: not an agent of this project (its "
-                        f"loader is {flavor.get('loader_module')})")
-    try:
-        return load_agent(local / flavor["data"])
-    except AgentFileError as e:
-        raise UserError(f"evaluate.model={model_uri}: {e}") from None
-
-
 def _body(args: list[str]) -> int:
     import tempfile
-    import uuid
+    from pathlib import Path
 
-    from algos.core.envs import EnvConfig
-    from algos.core.evaluation import play_episodes
-    from pipelines.tracking import RunLogger, get_or_create_experiment, readable_store
+    from algos.core.agents import AgentFileError
+    from pipelines.models import load_logged_agent, play
+    from pipelines.tracking import readable_store
 
     parsed = parse_overrides(args)
     for o in parsed:
@@ -103,8 +72,10 @@ def _body(args: list[str]) -> int:
 
     client = MlflowClient(uri)
     model_uri = resolve_model(client, uri, cfg.evaluate.model, cfg.evaluate.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        agent, manifest = download_agent(model_uri, uri, tmp)
+    try:
+        agent, manifest = load_logged_agent(model_uri, uri)
+    except (LookupError, AgentFileError) as e:
+        raise UserError(f"evaluate.model={model_uri}: {e}") from None
     env = manifest["env"]
     if any(o.key_or_group.split(".")[0] == "env" for o in parsed):
         given = composed.container["env"]
@@ -112,28 +83,38 @@ def _body(args: list[str]) -> int:
             raise UserError(f"env={composed.choices.get('env')}: the model was trained on "
                             f"{env['id']} {env.get('kwargs') or ''}".rstrip() +
                             "; leave env out to play it on its own")
-    evaluation = manifest["evaluation"]
-    if cfg.evaluate.episodes:
-        seeds = list(range(cfg.evaluate.seed, cfg.evaluate.seed + cfg.evaluate.episodes))
-    else:
-        seeds = evaluation["seeds"]
-    mean, std, returns = play_episodes(EnvConfig(**env), len(seeds), seeds, agent.act,
-                                       evaluation.get("max_steps"))
-    figures = {"episodes": len(returns), "mean_return": mean, "std_return": std,
-               "score": mean - std}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "episode.mp4" if cfg.evaluate.video else None
+        result = play(agent, manifest, cfg.evaluate.episodes, cfg.evaluate.seed, video)
+        seeds = result.pop("seeds")
+        figures = dict(result)
+        logger = _record(uri, cfg, model_uri, manifest, seeds, figures)
+        if video is not None:
+            logger.log_artifact(video)
+    logger.finish("FINISHED")
+    print(json.dumps({"model": model_uri, "run_id": logger.run_id, **figures}))
+    return 0
+
+
+def _record(uri, cfg, model_uri: str, manifest, seeds, figures):
+    """The evaluation's own run: tagged with the model and its source run, eval/*."""
+    import uuid
+
+    from pipelines.tracking import RunLogger, get_or_create_experiment
+
     source = manifest.get("source_run_id")
     experiment = cfg.tracking.experiment or "evaluations"
     logger = RunLogger.open(
         uri, get_or_create_experiment(uri, experiment), f"evaluate/{uuid.uuid4().hex}",
         run_name=f"evaluate {manifest['algo']} {manifest.get('model', '')}".strip(),
         tags={"rlpipe.kind": "evaluate", "model_uri": model_uri, "algo": manifest["algo"],
-              "env": env["id"], **({"source_run_id": source} if source else {})},
+              "env": manifest["env"]["id"],
+              **({"source_run_id": source} if source else {})},
         params={"evaluate.episodes": len(seeds), "evaluate.seeds": json.dumps(seeds)[:6000]},
     )
-    logger.log_metrics({f"eval/{k}": v for k, v in figures.items() if k != "episodes"})
-    logger.finish("FINISHED")
-    print(json.dumps({"model": model_uri, "run_id": logger.run_id, **figures}))
-    return 0
+    logger.log_metrics({f"eval/{k}": v for k, v in figures.items()
+                        if k in ("mean_return", "std_return", "score")})
+    return logger
 
 
 def main(argv: list[str] | None = None) -> int:

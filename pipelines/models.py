@@ -101,3 +101,125 @@ def run_model_uri(client, run_id: str, name: str = "best") -> str:
     if not models:
         raise FileNotFoundError(f"run {run_id} logged no model named {name}")
     return f"models:/{models[0].model_id}"
+
+
+def load_logged_agent(model_uri: str, tracking_uri: str):
+    """(agent, manifest) of a pyfunc model of this project at `model_uri`. Raises
+    LookupError when the URI does not resolve or is not such a model, and
+    algos.core.agents.AgentFileError when its files do not check."""
+    import os
+    import tempfile
+
+    import yaml
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from algos.registry import load_agent
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                            tracking_uri=tracking_uri))
+            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"][
+                "python_function"]
+        except (MlflowException, OSError, KeyError, TypeError) as e:
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise LookupError(f"does not resolve to a model of this project ({reason})") \
+                from None
+        if flavor.get("loader_module") != __name__:
+            raise LookupError(f"not an agent of this project (its loader is "
+                              f"{flavor.get('loader_module')})")
+        return load_agent(local / flavor["data"])
+
+
+def play(agent, manifest: dict[str, Any], episodes: int | None = None, seed: int = 0,
+         video: Path | None = None) -> dict[str, Any]:
+    """Play the agent greedily: on the run's own evaluation seeds, or `episodes` episodes
+    on seeds seed, seed+1, ...; with `video`, the first episode is also recorded there as
+    an mp4. Returns episodes, mean_return, std_return, score, seeds."""
+    from algos.core.envs import EnvConfig
+    from algos.core.evaluation import play_episodes
+
+    evaluation = manifest["evaluation"]
+    seeds = list(range(seed, seed + episodes)) if episodes else list(evaluation["seeds"])
+    env_cfg = EnvConfig(**manifest["env"])
+    mean, std, returns = play_episodes(env_cfg, len(seeds), seeds, agent.act,
+                                       evaluation.get("max_steps"))
+    out = {"episodes": len(returns), "mean_return": mean, "std_return": std,
+           "score": mean - std, "seeds": seeds}
+    if video is not None:
+        out["video_frames"] = record_episode(agent, env_cfg, seeds[0],
+                                             evaluation.get("max_steps"), video)
+    return out
+
+
+def record_episode(agent, env_cfg, seed: int, max_steps: int | None, path: Path) -> int:
+    """Play one episode from reset seed `seed` and write its frames (render_mode
+    rgb_array: Atari at its native 210x160) to `path` as an mp4; the number of frames."""
+    import os
+
+    import cv2
+
+    from algos.core.envs import make_env
+
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium renders with it
+    env = make_env(env_cfg, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        action = agent.act(np.asarray(obs)[None])[0]
+        obs, _, terminated, truncated, _ = env.step(action)
+        frames.append(env.render())
+        steps += 1
+        if terminated or truncated:
+            break
+    env.close()
+    height, width = frames[0].shape[:2]
+    fps = int(env.metadata.get("render_fps") or 30)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return len(frames)
+
+
+CHAMPION = "best"
+"""The alias of a registered model's best version."""
+
+
+def register_champion(client, tracking_uri: str, name: str, model_id: str,
+                      source_run_id: str) -> dict[str, Any]:
+    """Add the model as a new version of the registered model `name`; move its alias
+    `best` to it only when it beats the version holding it on the same evaluation seeds
+    (the challenger's run's own), or when none holds it. Returns name, version, moved, and
+    both scores."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=f"models:/{model_id}",
+                                          run_id=source_run_id, model_id=model_id).version
+    challenger, manifest = load_logged_agent(f"models:/{model_id}", tracking_uri)
+    new = play(challenger, manifest)["score"]
+    out = {"name": name, "version": str(version), "score": new, "champion_score": None}
+    try:
+        holder = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        holder = None
+    if holder is not None:
+        champion, _ = load_logged_agent(f"models:/{name}/{holder.version}", tracking_uri)
+        old = play(champion, manifest)["score"]  # the same env and seeds
+        out["champion_score"] = old
+        out["champion_version"] = str(holder.version)
+        if not new > old:
+            out["moved"] = False
+            client.set_model_version_tag(name, str(version), "eval/score", str(new))
+            return out
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "eval/score", str(new))
+    out["moved"] = True
+    return out

@@ -217,6 +217,8 @@ def launch(plan: SweepPlan, kind: str) -> int:
         "metric": sweep.metric,
         "mode": sweep.mode,
         "kind": kind,
+        "env": env,
+        "register": kind == "train" and cfg.tracking.register,
         "cluster": base.container["cluster"],
         "progress": base.container["progress"],
         "trials": planned_trials(plan, search, sweep.num_samples),
@@ -398,9 +400,13 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         return EXIT_INTERRUPTED
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
+    best_runs: dict[str, str] = {}  # env option -> the run whose best model registers
     if summary is not None:
         try:
-            _, text = summary.result()
+            rows, text = summary.result()
+            from pipelines.summary import winners
+
+            best_runs = {env: row.top_run_id for env, row in winners(rows).items()}
         except Exception as e:  # the trials are done and logged: report, do not fail
             log.exception("the sweep's summary failed")
             text = f"No summary: {type(e).__name__}: {e} (python -m pipelines.report " \
@@ -411,6 +417,13 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         parent.log_metrics({**phases, "perf/trials": len(results)})
     else:
         print(_summary_table(results, ctx, metric))
+        if ctx.settings.get("register") and results and not errors and not failed:
+            run = find_run(ctx.tracking_uri, ctx.experiment_id,
+                           run_key(ctx, results[0].metrics.get("trial_id", "")))
+            if run is not None:
+                best_runs = {ctx.settings.get("env") or "env": run.info.run_id}
+    for env, run_id in best_runs.items():
+        _register(ctx, env, run_id, parent)
     for r in errors:
         print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
     for r in failed:
@@ -420,6 +433,32 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         parent.finish("FAILED" if errors or failed else "FINISHED")
     print(ui_hint(ctx.tracking_uri, ctx.experiment_id, ctx.experiment_name))
     return 1 if errors or failed else 0
+
+
+def _register(ctx: TrialContext, env: str, run_id: str, parent: RunLogger | None) -> None:
+    """Register the run's best model as <experiment>-<env option>, alias best when it
+    beats the alias holder; say so (and on the parent run). A failure is reported, not
+    raised: the runs are done and logged."""
+    from mlflow import MlflowClient
+
+    from pipelines.models import register_champion
+
+    name = f"{ctx.experiment_name}-{env}"
+    try:
+        client = MlflowClient(ctx.tracking_uri)
+        model_id = client.get_run(run_id).data.tags["model.best"]
+        out = register_champion(client, ctx.tracking_uri, name, model_id, run_id)
+    except Exception as e:
+        log.warning("could not register the best model of run %s as %s: %s", run_id, name, e)
+        return
+    verdict = ("now holds the alias best" if out["moved"] else
+               f"alias best stays on version {out['champion_version']} "
+               f"({out['champion_score']:.4g} on the same seeds)")
+    print(f"Registered {name} version {out['version']} (eval/score {out['score']:.4g}): "
+          f"{verdict}. Play it: python -m pipelines.evaluate evaluate.model=models:/{name}@best")
+    if parent:
+        parent.set_tags({f"registered.{env}": f"{name}/{out['version']}",
+                         f"registered.{env}.best_moved": str(out["moved"]).lower()})
 
 
 def _unfinished_trials(results) -> list[str]:

@@ -35,6 +35,9 @@ class TrackingConfig:
     consecutive episodes are averaged, each point stepped at its last episode's end.
     0 keeps every episode (MLflow's sqlite store slows as a run's points grow)."""
 
+    register: bool = False
+    """train: register the run's best model as <experiment>-<env option>, alias best if it
+    beats the alias holder (a sweep always registers its best trial's)."""
     system_metrics_every_s: float = 5.0
     """Seconds between samples of MLflow's system metrics (CPU, memory, GPU utilization and
     memory) in each trial's run; 0: none."""
@@ -180,6 +183,9 @@ class EvaluateConfig:
     episodes and seeds)."""
     seed: int = 0
     """With episodes: the first reset seed."""
+    video: bool = False
+    """Record the first episode as an mp4 (render mode rgb_array, Atari at its native
+    resolution) in the evaluation's run."""
 
     def __post_init__(self) -> None:
         if self.episodes is not None:

@@ -293,10 +293,11 @@ def budget_of(algorithm, algo_cfg) -> tuple[str, float]:
 
 
 def quiet_ray_logs() -> None:
-    """Ray Train/Tune log every checkpoint at INFO from the trial; keep warnings only."""
+    """Ray Train/Tune log every checkpoint, MLflow every model's input example, at INFO from
+    the trial; keep warnings only."""
     import logging
 
-    for name in ("ray.train", "ray.tune"):
+    for name in ("ray.train", "ray.tune", "mlflow.pyfunc", "mlflow.models"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

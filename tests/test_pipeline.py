@@ -192,15 +192,19 @@ def test_sweep_against_a_tracking_server_over_http(workdir, mlflow_server):
 
 
 def test_train_is_one_run_without_a_parent(workdir):
-    result = run_cli("pipelines.train", SMALL + ["seed=5"], workdir)
+    result = run_cli("pipelines.train", SMALL + ["seed=5", "tracking.register=true"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    # tracking.register=true: the run's best model registered, the alias best on it
+    # (named <tracking experiment>-<env option>; a train run's experiment is <algo>-<env>)
+    assert ("Registered q_learning-frozenlake-frozenlake version 1 (eval/score 1): now holds "
+            "the alias best") in result.stdout
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     exp, parents, children = runs_of(client, "q_learning-frozenlake")
     assert len(parents) == 1 and not children
     run = parents[0]
     assert run.info.status == "FINISHED" and run.data.tags["seed"] == "5"
     assert run.data.metrics["eval/mean_return"] == 1.0
-    assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.final", "model.best"} <= set(run.data.tags)  # its two logged models
     # Without a parent, the run itself records the cluster and where it ran.
     assert (run.data.tags["cluster.nodes"], run.data.tags["cluster.cpus"]) == ("1", "2")
     assert run.data.tags["ray.node_id"] and run.data.tags["host"]
@@ -426,3 +430,44 @@ def test_credentials_in_the_tracking_uri_are_never_written(workdir, mlflow_serve
             assert secret.encode() not in path.read_bytes(), path
     shown = run_cli("pipelines.sweep", [f"tracking.uri={uri}", "--cfg", "job"], workdir)
     assert secret not in shown.stdout and "alice:***@" in shown.stdout
+
+
+def test_a_sweep_registers_its_best_model_and_a_worse_sweep_does_not_move_the_alias(workdir):
+    """Champion and challenger: the first sweep's best trial's best model becomes version 1
+    with alias best; a worse second sweep adds version 2 and leaves the alias. Then the
+    alias plays, with a video of its first episode that a real decoder reads back."""
+    import cv2
+
+    base = ["experiment=frozenlake_course", "algo.report_every=100", "cluster.num_cpus=2",
+            "seed=0,1"]
+    first = run_cli("pipelines.sweep", base + ["algo.episodes=400", "sweep.name=good"],
+                    workdir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Registered sweeps-frozenlake version 1" in first.stdout
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("sweeps-frozenlake", "best")
+    _, parents, _ = runs_of(client, "sweeps")
+    parent = parents[0]
+    assert str(champion.version) == "1"
+    assert champion.run_id == parent.data.tags["best.frozenlake.run_id"]  # the best trial
+    assert parent.data.tags["registered.frozenlake"] == "sweeps-frozenlake/1"
+    second = run_cli("pipelines.sweep", base + ["algo.episodes=5", "algo.report_every=5",
+                                                "sweep.name=bad"], workdir)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "alias best stays on version 1" in second.stdout
+    versions = client.search_model_versions("name = 'sweeps-frozenlake'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert str(client.get_model_version_by_alias("sweeps-frozenlake", "best").version) == "1"
+    played = run_cli("pipelines.evaluate", ["evaluate.model=models:/sweeps-frozenlake@best",
+                                            "evaluate.video=true"], workdir)
+    assert played.returncode == 0, played.stderr[-3000:]
+    figures = json.loads(played.last_line)
+    assert figures["score"] == 1.0 and figures["video_frames"] >= 7  # 6 steps to the goal
+    run = client.get_run(figures["run_id"])
+    assert run.data.metrics["eval/score"] == 1.0
+    video = client.download_artifacts(run.info.run_id, "episode.mp4", str(workdir))
+    capture = cv2.VideoCapture(video)
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == figures["video_frames"]
