@@ -1,7 +1,8 @@
 """A trained agent in MLflow: an `mlflow.pyfunc` model of data, loaded by this module.
 
 Each run logs two models: `final` (the agent at the end of training) and `best` (at its
-best evaluation, by eval/score). A model's data is what algos.core.agents saves: a Q-table
+best evaluation, by eval/score); when the last evaluation was the best, the two are one
+model (both tags name it). A model's data is what algos.core.agents saves: a Q-table
 as .npy or a network's weights as tensors (.pt, read with weights_only=True), a JSON spec
 that rebuilds the network, and a manifest with every file's SHA-256. Its MLmodel names
 this module as the pyfunc loader (`loader_module`), so loading runs no pickle and no code
@@ -48,10 +49,15 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed) -> dict[str, 
     if about["best"]["step"] < 0:  # never evaluated: the final agent is the best one
         about["best"] = about["final"]
     ids: dict[str, str] = {}
+    agents = result.agents()
+    same = agents["best"].same_as(agents["final"])
     mlflow.set_tracking_uri(logger.uri)
     # The trial's run is made active only for log_model, the one fluent call.
     with mlflow.start_run(run_id=logger.run_id):
-        for name, agent in result.agents().items():
+        for name, agent in agents.items():
+            if name == "best" and same:  # the last evaluation was the best: one model
+                ids["best"] = ids["final"]
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp) / "agent"
                 save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
@@ -95,6 +101,8 @@ def _load_pyfunc(data_path: str) -> AgentModel:
 def run_model_uri(client, run_id: str, name: str = "best") -> str:
     """models:/<id> of the model `name` (final or best) that a run logged."""
     run = client.get_run(run_id)
+    if f"model.{name}" in run.data.tags:
+        return f"models:/{run.data.tags[f'model.{name}']}"
     models = client.search_logged_models(
         [run.info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")

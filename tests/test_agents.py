@@ -70,3 +70,15 @@ def test_weights_of_another_network_are_refused_with_a_clear_error(tmp_path):
     spec = {**read_manifest(tmp_path / "n")["spec"], "hidden_sizes": [16]}
     with pytest.raises(AgentFileError, match="not this network's weights"):
         NetworkAgent.load(tmp_path / "n", spec)
+
+
+def test_same_as_compares_weights_not_identity():
+    table = np.arange(8.0).reshape(4, 2)
+    assert TableAgent(table).same_as(TableAgent(table.copy()))
+    assert not TableAgent(table).same_as(TableAgent(table + 1))
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    factory = NetworkFactory("mlp", (8,))
+    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
+    assert agent.same_as(agent.with_weights(agent.net.state_dict()))
+    changed = {k: v + 1 for k, v in agent.net.state_dict().items()}
+    assert not agent.same_as(agent.with_weights(changed))

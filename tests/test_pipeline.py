@@ -69,7 +69,8 @@ def check_six_trial_sweep(client: MlflowClient, result, experiment: str = "sweep
         assert "config.yaml" in {a.path for a in client.list_artifacts(child.info.run_id)}
         models = client.search_logged_models(
             [exp.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'")
-        assert {m.name for m in models} == {"final", "best"}
+        # final and best; one model when the last evaluation was the best
+        assert {m.name for m in models} in ({"final", "best"}, {"final"})
         assert {tags["model.final"], tags["model.best"]} == {m.model_id for m in models}
         assert tags["config"] == f"algo.lr={params['algo.lr']}"  # swept, seed left out
     check_summary(client, parent, children)

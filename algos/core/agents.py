@@ -36,6 +36,9 @@ class Agent(Protocol):
     def save(self, folder: Path) -> dict[str, Any]:
         """Write the agent's data into `folder`; return the spec that rebuilds it."""
 
+    def same_as(self, other: Any) -> bool:
+        """Whether `other` is the same agent (class, spec and weights)."""
+
 
 @dataclass
 class Best:
@@ -78,6 +81,10 @@ class TableAgent:
         np.save(folder / self.FILE, self.table, allow_pickle=False)
         return {"kind": "table", "shape": list(self.table.shape)}
 
+    def same_as(self, other: Any) -> bool:
+        """Whether `other` holds the same table."""
+        return isinstance(other, TableAgent) and np.array_equal(self.table, other.table)
+
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any]) -> TableAgent:
         """From what save() wrote."""
@@ -118,6 +125,16 @@ class NetworkAgent:
         net = copy.deepcopy(self.net)
         net.load_state_dict(weights)
         return NetworkAgent(net, self.spec)
+
+    def same_as(self, other: Any) -> bool:
+        """Whether `other` holds the same network and weights."""
+        import torch
+
+        if not isinstance(other, NetworkAgent) or other.spec != self.spec:
+            return False
+        mine, theirs = self.net.state_dict(), other.net.state_dict()
+        return mine.keys() == theirs.keys() and all(
+            torch.equal(mine[k], theirs[k]) for k in mine)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions of a batch of observations."""
