@@ -172,7 +172,7 @@ def record_episode(agent, env_cfg, seed: int, max_steps: int | None, path: Path)
     from algos.core.envs import make_env
 
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium renders with it
-    env = make_env(env_cfg, render_mode="rgb_array")
+    env = make_env(env_cfg.full_games(), render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     steps = 0

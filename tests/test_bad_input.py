@@ -35,6 +35,8 @@ CASES = [
     (TRAIN, ["cluster.cpus_per_trial=-1"], ["cluster.cpus_per_trial", ">= 0"]),
     (TRAIN, ["--bogus"], ["--bogus", "unknown flag"]),
     (TRAIN, ["cluster.address=127.0.0.1:6379"], ["cluster.address", "only with cluster=remote"]),
+    (TRAIN, ["env=cartpole", "algo=dqn", "env.episodic_life=true"],
+     ["env.episodic_life", "only with kind=atari"]),
     (TRAIN, ["cluster=remote", "cluster.address=h:1", "cluster.num_cpus=4"],
      ["cluster.num_cpus=4", "only with cluster=local"]),
     (TRAIN, ["cluster.gpus_per_trial=1.5"], ["cluster.gpus_per_trial=1.5", "whole number"]),

@@ -32,6 +32,13 @@ class EnvConfig:
     """atari: sticky actions; 0.25 is ALE v5's default, 0.0 matches NoFrameskip-v4."""
     max_episode_frames: int = 108_000
     """atari: episodes are truncated after this many emulator frames (30 minutes)."""
+    episodic_life: bool = False
+    """atari: a life lost ends the training episode, the game going on (SB3's and
+    CleanRL's EpisodicLifeEnv); returns are still reported per game, and evaluation always
+    plays full games."""
+    fire_reset: bool = False
+    """atari: press FIRE after each reset (and life lost), for games that wait for it
+    (FireResetEnv)."""
 
     def __post_init__(self) -> None:
         v.one_of(self, "kind", ("gym", "atari"))
@@ -40,6 +47,15 @@ class EnvConfig:
         v.in_range(self, "repeat_action_probability", 0.0, 1.0)
         if self.kind == "atari" and not self.id.startswith("ALE/"):
             raise v.ConfigValueError("id", self.id, "kind=atari needs an ALE/<Game>-v5 id")
+        for key in ("episodic_life", "fire_reset"):
+            if getattr(self, key) and self.kind != "atari":
+                raise v.ConfigValueError(key, True, "only with kind=atari")
+
+    def full_games(self) -> "EnvConfig":
+        """The same env playing whole games (evaluation: no episode ends at a life lost)."""
+        import dataclasses
+
+        return dataclasses.replace(self, episodic_life=False)
 
 
 def ensure_registered(env_id: str) -> None:
@@ -79,7 +95,54 @@ def make_env(cfg: EnvConfig, **overrides: Any) -> gym.Env:
     )
     env = AtariPreprocessing(env, noop_max=cfg.noop_max, frame_skip=cfg.frame_skip,
                              screen_size=cfg.screen_size, grayscale_obs=True)
+    if cfg.episodic_life:
+        env = EpisodicLife(env)
+    if cfg.fire_reset:
+        env = FireReset(env)
     return FrameStackObservation(env, cfg.frame_stack)
+
+
+class EpisodicLife(gym.Wrapper):
+    """A life lost ends the episode (terminated), and the next reset continues the game
+    with a no-op step instead of resetting it; info["game_over"] says which end it was."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        info["game_over"] = self.game_over
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE (action 1), then action 2, after a reset: games such as Breakout wait
+    for FIRE to serve."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
 
 
 def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
@@ -104,7 +167,10 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
             repeat_action_probability=cfg.repeat_action_probability,
             max_num_frames_per_episode=cfg.max_episode_frames,
             reward_clipping=False,  # returns stay the game's score; the learner may clip
-            use_fire_reset=False,  # as gymnasium's AtariPreprocessing: no FIRE on reset
+            # ale-py's life_loss_info is SB3's EpisodicLifeEnv: terminated at a life lost,
+            # the game going on; its episodic_life resets the game at every life lost.
+            life_loss_info=cfg.episodic_life,
+            use_fire_reset=cfg.fire_reset,
             **cfg.kwargs,
         )
     return gym.vector.SyncVectorEnv([lambda: make_env(cfg) for _ in range(num_envs)])

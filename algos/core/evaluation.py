@@ -16,13 +16,14 @@ def play_episodes(
     act: Callable[[np.ndarray], np.ndarray],
     max_steps: int | None = None,
 ) -> tuple[float, float, list[float]]:
-    """One episode per env of a vector env, reset with seeds seed..seed+episodes-1 (or the
-    given list of seeds, one per episode), actions from `act(observations)`; steps after an
-    env's episode ended do not count. Returns (mean, std, returns)."""
+    """One episode per env of a vector env, whole games (a life lost does not end one),
+    reset with seeds seed..seed+episodes-1 (or the given list of seeds, one per episode),
+    actions from `act(observations)`; steps after an env's episode ended do not count.
+    Returns (mean, std, returns)."""
     seeds = list(seed) if isinstance(seed, Sequence) else list(range(seed, seed + episodes))
     if len(seeds) != episodes:
         raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
-    envs = make_vector_env(env_cfg, episodes)
+    envs = make_vector_env(env_cfg.full_games(), episodes)  # evaluation: whole games
     # Contiguous seeds as the first one (env i resets with seed + i; ale-py's vector env
     # takes only that form), any others as the list (gymnasium's vector envs take it).
     contiguous = seeds == list(range(seeds[0], seeds[0] + episodes))

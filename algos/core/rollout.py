@@ -34,6 +34,8 @@ class RolloutWorker:
     ) -> None:
         torch.set_num_threads(1)
         self.envs = make_vector_env(env_cfg, num_envs)
+        self.episodic_life = env_cfg.episodic_life
+        """A life lost ends a training episode; the return reported is still the game's."""
         self.num_envs = num_envs
         self.net = network_fn(self.envs.single_observation_space, self.envs.single_action_space)
         self.net.eval()
@@ -84,7 +86,7 @@ class RolloutWorker:
         ids = np.arange(self.num_envs) + self.env_offset
         while stored < num_steps:
             actions = self.act(self.obs, epsilon)
-            next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
             keep = ~self.resetting
             if keep.any():
                 cols["env_ids"].append(ids[keep])
@@ -104,11 +106,15 @@ class RolloutWorker:
             self.ep_return[keep] += rewards[keep]
             self.ep_length[keep] += 1
             done = keep & (terminated | truncated)
+            # With episodic lives an episode ends at each life lost; the game goes on
+            # (lives left) and so does its return, reported once, when the game ends.
+            game_over = done & (truncated | (np.asarray(info["lives"]) == 0)) if (
+                self.episodic_life) else done
             now = time.time()
-            for i in np.flatnonzero(done):
+            for i in np.flatnonzero(game_over):
                 episodes.append((float(self.ep_return[i]), int(self.ep_length[i]), stored, now))
-            self.ep_return[done] = 0.0
-            self.ep_length[done] = 0
+            self.ep_return[game_over] = 0.0
+            self.ep_length[game_over] = 0
             # A reset step's obs starts an episode; a kept step's obs continues one.
             self.episode_start = self.resetting.copy()
             self.resetting = done

@@ -1,0 +1,53 @@
+"""The Atari env options of the published DQN runs: a life lost ends a training episode
+(the game goes on), FIRE on reset; returns are reported per game and evaluation plays
+whole games. Real ALE envs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from algos.core.envs import EnvConfig, make_env
+from algos.core.evaluation import play_episodes
+from algos.core.networks import NetworkFactory
+from algos.core.rollout import RolloutWorker
+
+BREAKOUT = EnvConfig(id="ALE/Breakout-v5", kind="atari", repeat_action_probability=0.0,
+                     episodic_life=True, fire_reset=True)
+
+
+def test_a_life_lost_ends_the_episode_and_the_game_goes_on():
+    env = make_env(BREAKOUT)
+    env.reset(seed=0)
+    lives = env.unwrapped.ale.lives()
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        _, _, terminated, truncated, info = env.step(int(rng.integers(4)))
+        if terminated or truncated:
+            break
+    assert terminated and not info["game_over"]  # a life, not the game
+    env.reset()
+    assert env.unwrapped.ale.lives() == lives - 1  # the same game, one life less
+    env.close()
+
+
+def test_returns_are_reported_per_game_while_episodes_end_per_life():
+    worker = RolloutWorker(BREAKOUT, 2, NetworkFactory("auto", ()), seed=0)
+    batch = worker.sample(3000, epsilon=1.0)
+    games = len(batch["episodes"])
+    life_ends = int(batch["terminated"].sum())
+    assert games >= 1 and life_ends >= 3 * games  # 5 lives a game
+    # a game's return is all its lives' rewards: at least as much as any one life's
+    assert sum(r for r, *_ in batch["episodes"]) <= float(batch["rewards"].sum())
+
+
+def test_evaluation_plays_whole_games():
+    full = EnvConfig(id="ALE/Breakout-v5", kind="atari", repeat_action_probability=0.0,
+                     fire_reset=True)
+
+    def random_player():
+        rng = np.random.default_rng(0)
+        return lambda obs: rng.integers(4, size=len(obs))
+
+    lives_config = play_episodes(BREAKOUT, 2, 7, random_player())
+    whole = play_episodes(full, 2, 7, random_player())
+    assert lives_config == whole
