@@ -118,6 +118,7 @@ def load_logged_agent(model_uri: str, tracking_uri: str):
     import os
     import tempfile
 
+    import mlflow
     import yaml
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
@@ -125,6 +126,10 @@ def load_logged_agent(model_uri: str, tracking_uri: str):
     from algos.registry import load_agent
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # models:/ URIs resolve through the process's tracking and registry URIs, whatever
+    # download_artifacts is given: point both at this store.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp,

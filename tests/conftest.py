@@ -42,6 +42,10 @@ def cli_env(ray_tmp: Path) -> dict[str, str]:
     """The environment of a command-line run: the repo importable by Ray's workers, Ray's
     session files in a folder of the test's own (so a test can see whether Ray started)."""
     env = dict(os.environ)
+    # mlflow.set_tracking_uri in the test process exports MLFLOW_TRACKING_URI: a command
+    # must use the store its own arguments name, as a user's would.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(name, None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RAY_TMPDIR"] = str(ray_tmp)
     env.setdefault("RAY_DEDUP_LOGS", "1")
