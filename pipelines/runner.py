@@ -367,15 +367,24 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
     clock = time.perf_counter()
     summary = None
     if parent and not INTERRUPTED.is_set():
-        # The summary (MLflow reads, statistics, plots) is made while Ray shuts down.
         from concurrent.futures import ThreadPoolExecutor
 
         from pipelines.summary import summarize_sweep
 
+        def summarize_and_register() -> str:
+            from pipelines.summary import winners
+
+            rows, text = summarize_sweep(
+                parent, ctx.experiment_id, metric, mode,
+                ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
+            registered = [_register(ctx, env, row.top_run_id, parent)
+                          for env, row in winners(rows).items()]
+            return "\n".join([text, *filter(None, registered)])
+
+        # The summary (MLflow reads, statistics, plots) and the registration of each env's
+        # best model are made while Ray shuts down.
         worker = ThreadPoolExecutor(1, thread_name_prefix="rlpipe-summary")
-        summary = worker.submit(
-            summarize_sweep, parent, ctx.experiment_id, metric, mode,
-            ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
+        summary = worker.submit(summarize_and_register)
         worker.shutdown(wait=False)
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
     phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
@@ -400,13 +409,9 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         return EXIT_INTERRUPTED
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
-    best_runs: dict[str, str] = {}  # env option -> the run whose best model registers
     if summary is not None:
         try:
-            rows, text = summary.result()
-            from pipelines.summary import winners
-
-            best_runs = {env: row.top_run_id for env, row in winners(rows).items()}
+            text = summary.result()
         except Exception as e:  # the trials are done and logged: report, do not fail
             log.exception("the sweep's summary failed")
             text = f"No summary: {type(e).__name__}: {e} (python -m pipelines.report " \
@@ -421,9 +426,8 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
             run = find_run(ctx.tracking_uri, ctx.experiment_id,
                            run_key(ctx, results[0].metrics.get("trial_id", "")))
             if run is not None:
-                best_runs = {ctx.settings.get("env") or "env": run.info.run_id}
-    for env, run_id in best_runs.items():
-        _register(ctx, env, run_id, parent)
+                print(_register(ctx, ctx.settings.get("env") or "env", run.info.run_id, None)
+                      or "Not registered (see the warning above)")
     for r in errors:
         print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
     for r in failed:
@@ -435,10 +439,11 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
     return 1 if errors or failed else 0
 
 
-def _register(ctx: TrialContext, env: str, run_id: str, parent: RunLogger | None) -> None:
+def _register(ctx: TrialContext, env: str, run_id: str,
+              parent: RunLogger | None) -> str | None:
     """Register the run's best model as <experiment>-<env option>, alias best when it
-    beats the alias holder; say so (and on the parent run). A failure is reported, not
-    raised: the runs are done and logged."""
+    beats the alias holder; tag the parent run; the line that says so. A failure is
+    logged, not raised (None): the runs are done and logged."""
     from mlflow import MlflowClient
 
     from pipelines.models import register_champion
@@ -450,15 +455,15 @@ def _register(ctx: TrialContext, env: str, run_id: str, parent: RunLogger | None
         out = register_champion(client, ctx.tracking_uri, name, model_id, run_id)
     except Exception as e:
         log.warning("could not register the best model of run %s as %s: %s", run_id, name, e)
-        return
+        return None
     verdict = ("now holds the alias best" if out["moved"] else
                f"alias best stays on version {out['champion_version']} "
                f"({out['champion_score']:.4g} on the same seeds)")
-    print(f"Registered {name} version {out['version']} (eval/score {out['score']:.4g}): "
-          f"{verdict}. Play it: python -m pipelines.evaluate evaluate.model=models:/{name}@best")
     if parent:
         parent.set_tags({f"registered.{env}": f"{name}/{out['version']}",
                          f"registered.{env}.best_moved": str(out["moved"]).lower()})
+    return (f"Registered {name} version {out['version']} (eval/score {out['score']:.4g}): "
+            f"{verdict}. Play it: python -m pipelines.evaluate evaluate.model=models:/{name}@best")
 
 
 def _unfinished_trials(results) -> list[str]:
