@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.core import validation as v
-from algos.core.agents import Best, NetworkAgent
+from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
@@ -147,30 +147,8 @@ class DQNConfig:
         v.one_of(self, "replay_device", ("cpu", "learner"))
 
 
-@dataclass
-class DQNResult:
-    """What a finished run leaves: the online network as an agent, its last metrics, and
-    its weights at its best evaluation."""
-
-    final: NetworkAgent
-    metrics: dict[str, float] = field(default_factory=dict)
-    best: Best = field(default_factory=Best)
-    example: np.ndarray | None = None
-
-    @property
-    def network(self) -> nn.Module:
-        """The final online network (CPU)."""
-        return self.final.net
-
-    def agents(self) -> dict[str, NetworkAgent]:
-        """The final and the best agent (greedy on the Q-values)."""
-        best = self.best.weights
-        return {"final": self.final,
-                "best": self.final if best is None else self.final.with_weights(best)}
-
-    def example_obs(self) -> np.ndarray:
-        """A batch of observations the agents take (for model signatures)."""
-        return self.example
+DQNResult = NetworkResult
+"""What a finished run leaves: the online network as an agent, its metrics, its best."""
 
 
 def check_spaces(env) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from algos.core import validation as v
-from algos.core.agents import Best, NetworkAgent
+from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
@@ -86,30 +86,8 @@ class ReinforceConfig:
             raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
 
 
-@dataclass
-class ReinforceResult:
-    """What a finished run leaves: the policy as an agent, its last metrics, and its
-    weights at its best evaluation."""
-
-    final: NetworkAgent
-    metrics: dict[str, float] = field(default_factory=dict)
-    best: Best = field(default_factory=Best)
-    example: np.ndarray | None = None
-
-    @property
-    def network(self) -> nn.Module:
-        """The final policy network (CPU)."""
-        return self.final.net
-
-    def agents(self) -> dict[str, NetworkAgent]:
-        """The final and the best agent (the most probable action)."""
-        best = self.best.weights
-        return {"final": self.final,
-                "best": self.final if best is None else self.final.with_weights(best)}
-
-    def example_obs(self) -> np.ndarray:
-        """A batch of observations the agents take (for model signatures)."""
-        return self.example
+ReinforceResult = NetworkResult
+"""What a finished run leaves: the final policy as an agent, its metrics, its best weights."""
 
 
 def check_spaces(env) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -212,3 +212,30 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise AgentFileError(f"{file}: its SHA-256 is not the one recorded when it was "
                                  "saved (changed or corrupted); refusing to load it")
     return manifest
+
+
+@dataclass
+class NetworkResult:
+    """What a finished network run (DQN, REINFORCE) leaves: the final network as an agent,
+    its last metrics, and its weights at its best evaluation."""
+
+    final: NetworkAgent
+    metrics: dict[str, float] = field(default_factory=dict)
+    best: Best = field(default_factory=Best)
+    example: np.ndarray | None = None
+    """A batch of observations the agents take (for model signatures)."""
+
+    @property
+    def network(self):
+        """The final network (CPU)."""
+        return self.final.net
+
+    def agents(self) -> dict[str, NetworkAgent]:
+        """The final and the best agent (each acting on the network's largest output)."""
+        best = self.best.weights
+        return {"final": self.final,
+                "best": self.final if best is None else self.final.with_weights(best)}
+
+    def example_obs(self) -> np.ndarray:
+        """A batch of observations the agents take."""
+        return self.example
