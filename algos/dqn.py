@@ -22,7 +22,7 @@ With 0 workers the learner samples in its own process, in turn with learning.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from algos.core import validation as v
 from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
-from algos.core.evaluation import play_episodes
+from algos.core.evaluation import SeedRange, play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
@@ -46,7 +46,7 @@ from algos.core.workers import WorkerPool
 
 
 @dataclass
-class DQNConfig:
+class DQNConfig(SeedRange):
     """Hyperparameters of DQN (defaults: the course's unit 3 Atari settings)."""
 
     name: str = "dqn"
@@ -339,23 +339,24 @@ def cpu_weights(net: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, device: torch.device,
-    epsilon: float = 0.0,
+    net: nn.Module, env_cfg: EnvConfig, seeds: Sequence[int], cfg: DQNConfig
 ) -> tuple[float, float, list[float]]:
-    """Greedy (or epsilon-greedy) play, seeds seed..seed+episodes-1: (mean, std, returns)."""
-    rng = np.random.default_rng(seed)
+    """Greedy play (epsilon-greedy with cfg.eval_epsilon), one episode per reset seed, on
+    the network's device: (mean, std, returns)."""
+    device = next(net.parameters()).device
+    rng = np.random.default_rng(seeds[0])
 
     def act(obs: np.ndarray) -> np.ndarray:
         q = net(torch.as_tensor(obs, device=device))
         actions = q.argmax(1).cpu().numpy()
-        if epsilon > 0:
-            explore = rng.random(len(obs)) < epsilon
+        if cfg.eval_epsilon > 0:
+            explore = rng.random(len(obs)) < cfg.eval_epsilon
             actions = np.where(explore, rng.integers(0, q.shape[1], len(obs)), actions)
         return actions
 
     net.eval()
     try:
-        return play_episodes(env_cfg, episodes, seed, act)
+        return play_episodes(env_cfg, len(seeds), seeds, act)
     finally:
         net.train()
 
@@ -414,7 +415,7 @@ def train(
     buffer = make_buffer(cfg, pool.obs_space, replay_envs(cfg), seed, device)
     graphed = None
     env_steps = updates = last_sync = 0
-    next_eval = cfg.eval_every
+    next_eval, eval_seeds = cfg.eval_every, cfg.evaluation_seeds()
     learn_from = cfg.learning_starts  # env step from which the learner trains
     best = Best()
     if state is not None:
@@ -480,8 +481,7 @@ def train(
             final = env_steps >= cfg.total_steps
             if env_steps >= next_eval or final:
                 seconds = watch.lap()
-                mean, std, _ = evaluate(online, env_cfg, cfg.eval_episodes, cfg.eval_seed,
-                                        device, cfg.eval_epsilon)
+                mean, std, _ = evaluate(online, env_cfg, eval_seeds, cfg)
                 metrics = {
                     "train/epsilon": epsilon,
                     "eval/mean_return": mean,

@@ -11,7 +11,7 @@ A run is a function of (config, env config, seed): the same seed gives the same 
 """
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,20 +112,28 @@ def greedy_action(row: list[float]) -> int:
 
 
 def evaluate(
-    q_table: np.ndarray, env: gym.Env, seeds: list[int], max_steps: int
+    q_table: np.ndarray, env_cfg: EnvConfig, seeds: Sequence[int], cfg: QLearningConfig
 ) -> tuple[float, float, list[float]]:
-    """Play the greedy policy once per seed; (mean, std, returns) as the course computes them."""
-    table = q_table.tolist()
+    """Play the greedy policy one episode per reset seed, at most cfg.max_steps steps each:
+    (mean, std, returns) as the course computes them."""
+    env = make_env(env_cfg.full_games())
+    # One env reset per seed, stepped unwrapped as in train() (the greedy policy of a
+    # table stepped one state at a time is many times faster than a vector env here).
+    step = env.unwrapped.step
+    limit = env.spec.max_episode_steps if env.spec else None
+    cap = min(cfg.max_steps, limit) if limit else cfg.max_steps
+    table = np.asarray(q_table).tolist()
     returns = []
     for seed in seeds:
-        state, _ = env.reset(seed=seed)
+        state, _ = env.reset(seed=int(seed))
         total = 0.0
-        for _ in range(max_steps):
-            state, reward, terminated, truncated, _ = env.step(greedy_action(table[state]))
+        for _ in range(cap):
+            state, reward, terminated, truncated, _ = step(greedy_action(table[state]))
             total += float(reward)
             if terminated or truncated:
                 break
         returns.append(total)
+    env.close()
     return float(np.mean(returns)), float(np.std(returns)), returns
 
 
@@ -156,7 +164,6 @@ def train(
     """Train a Q-table; continue from a checkpoint `state` when one is given."""
     reporter = reporter or NullReporter()
     env = make_env(env_cfg)
-    eval_env = make_env(env_cfg)
     n_states, n_actions = check_spaces(env)
     # The hot loop steps the unwrapped env: gym.make's wrappers are an order check, a
     # passive checker and the time limit, which `cap` reproduces, at a third of the cost.
@@ -208,7 +215,7 @@ def train(
         if episode % cfg.report_every == 0 or episode == cfg.episodes:
             seconds = watch.lap()
             q = np.asarray(table)
-            mean, std, _ = evaluate(q, eval_env, eval_seeds, cfg.max_steps)
+            mean, std, _ = evaluate(q, env_cfg, eval_seeds, cfg)
             metrics = {
                 "train/env_steps": float(env_steps),
                 "train/episodes": float(episode),
@@ -241,5 +248,4 @@ def train(
             returns, sq_td_sum, updates = [], 0.0, 0
             watch.lap()  # evaluation and reporting are not training time
     env.close()
-    eval_env.close()
     return QLearningResult(q_table=np.asarray(table), metrics=metrics, best=best)

@@ -13,11 +13,17 @@ from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, r
 
 @dataclass(frozen=True)
 class Algorithm:
-    """An algorithm's typed config and its train function."""
+    """An algorithm's typed config, its train and evaluate functions."""
 
     name: str
     config_class: type
+    """Its config dataclass; evaluation_seeds() gives the reset seed of each evaluation
+    episode."""
     train: Callable[..., Any]
+    """train(cfg, env_cfg, seed, reporter=None, state=None) -> a result with agents()."""
+    evaluate: Callable[..., tuple[float, float, list[float]]]
+    """evaluate(model, env_cfg, seeds, cfg) -> (mean, std, returns): one episode per reset
+    seed, played as the run's evaluations play (algos.core.evaluation)."""
     check_env: Callable[[Any], Any]
     """Raises ValueError when the algorithm cannot run on the given env."""
     replay_nbytes: Callable[[Any, Any], tuple[int, int]] = lambda cfg, obs_space: (0, 0)
@@ -26,14 +32,14 @@ class Algorithm:
     agent: type = NetworkAgent
     """How its trained agent acts and is saved and loaded (algos.core.agents): its train()
     result's agents() are of this class."""
-    evaluation: Callable[[Any], dict[str, Any]] = lambda cfg: {
-        "seeds": list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)),
-        "max_steps": getattr(cfg, "max_steps", None)}
-    """How the run evaluated its agent, from its config: the reset seed of each episode and
-    the most steps of one ({"seeds": [...], "max_steps": int or None})."""
     budget: tuple[str, str] = ("total_steps", "train/env_steps")
     """(the config field that holds the training budget, the reported metric that counts
     toward it)."""
+
+    def evaluation(self, cfg: Any) -> dict[str, Any]:
+        """How a run of config `cfg` evaluated its agent: the reset seed of each episode and
+        the most steps of one ({"seeds": [...], "max_steps": int or None})."""
+        return {"seeds": cfg.evaluation_seeds(), "max_steps": getattr(cfg, "max_steps", None)}
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -41,15 +47,16 @@ ALGORITHMS: dict[str, Algorithm] = {
         name="q_learning",
         config_class=q_learning.QLearningConfig,
         train=q_learning.train,
+        evaluate=q_learning.evaluate,
         check_env=q_learning.check_spaces,
         agent=TableAgent,
-        evaluation=lambda cfg: {"seeds": cfg.evaluation_seeds(), "max_steps": cfg.max_steps},
         budget=("episodes", "train/episodes"),
     ),
     "dqn": Algorithm(
         name="dqn",
         config_class=dqn.DQNConfig,
         train=dqn.train,
+        evaluate=dqn.evaluate,
         check_env=dqn.check_spaces,
         replay_nbytes=dqn.replay_nbytes,
     ),
@@ -57,6 +64,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         name="reinforce",
         config_class=reinforce.ReinforceConfig,
         train=reinforce.train,
+        evaluate=reinforce.evaluate,
         check_env=reinforce.check_spaces,
         budget=("episodes", "train/episodes"),
     ),

@@ -26,7 +26,7 @@ from torch import nn
 from algos.core import validation as v
 from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.envs import EnvConfig
-from algos.core.evaluation import play_episodes
+from algos.core.evaluation import SeedRange, play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
@@ -35,7 +35,7 @@ from algos.core.workers import WorkerPool
 
 
 @dataclass
-class ReinforceConfig:
+class ReinforceConfig(SeedRange):
     """Hyperparameters of REINFORCE (defaults: the course's unit 4 CartPole settings)."""
 
     name: str = "reinforce"
@@ -144,21 +144,22 @@ def policy_loss(
 
 @torch.no_grad()
 def evaluate(
-    policy: nn.Module, env_cfg: EnvConfig, episodes: int, seed: int, greedy: bool,
-    max_steps: int, device: torch.device,
+    policy: nn.Module, env_cfg: EnvConfig, seeds: Sequence[int], cfg: ReinforceConfig
 ) -> tuple[float, float, list[float]]:
-    """Play `episodes` episodes (sampling from the policy, or its most probable action):
+    """One episode per reset seed, at most cfg.max_steps steps each, on the policy's
+    device, sampling actions from it (its most probable with cfg.eval_greedy):
     (mean, std, returns)."""
-    gen = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    gen = torch.Generator().manual_seed(int(seeds[0]))
 
     def act(obs: np.ndarray) -> np.ndarray:
         logits = policy(torch.as_tensor(obs, device=device)).cpu()
-        if greedy:
+        if cfg.eval_greedy:
             return logits.argmax(1).numpy()
         probs = torch.softmax(logits, 1)
         return torch.multinomial(probs, 1, generator=gen).squeeze(1).numpy()
 
-    return play_episodes(env_cfg, episodes, seed, act, max_steps)
+    return play_episodes(env_cfg, len(seeds), seeds, act, cfg.max_steps)
 
 
 def train(
@@ -193,6 +194,7 @@ def train(
     watch = Stopwatch()
     steps_since = 0
     next_eval = (episode // cfg.eval_every + 1) * cfg.eval_every
+    eval_seeds = cfg.evaluation_seeds()
     metrics: dict[str, float] = {}
     try:
         while episode < cfg.episodes:
@@ -220,8 +222,7 @@ def train(
             final = episode >= cfg.episodes
             if episode >= next_eval or final:
                 seconds = watch.lap()
-                mean, std, _ = evaluate(policy, env_cfg, cfg.eval_episodes, cfg.eval_seed,
-                                        cfg.eval_greedy, cfg.max_steps, device)
+                mean, std, _ = evaluate(policy, env_cfg, eval_seeds, cfg)
                 metrics = {
                     "train/episodes": float(episode),
                     "eval/mean_return": mean,

@@ -65,6 +65,29 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
     assert result.best.step > 0 and result.best.score >= result.metrics["eval/score"]
 
 
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
+    # evaluate(model, env_cfg, seeds, cfg): one episode per reset seed, for every algorithm.
+    # Played on the run's own seeds it gives the run's last evaluation; and a seed means the
+    # same episode whether it is played alone or among others (greedy play).
+    composed = load(ALGOS[algo] + ["seed=0"])
+    cfg = composed.cfg
+    algorithm = get_algorithm(cfg.algo.name)
+    result = algorithm.train(cfg.algo, cfg.env, cfg.seed)
+    model = result.agents()["final"].model
+    seeds = algorithm.evaluation(cfg.algo)["seeds"]
+    assert seeds == cfg.algo.evaluation_seeds() and len(seeds) == cfg.algo.eval_episodes
+    mean, std, returns = algorithm.evaluate(model, cfg.env, seeds, cfg.algo)
+    assert (mean, std) == (result.metrics["eval/mean_return"], result.metrics["eval/std_return"])
+    assert len(returns) == len(seeds)
+    greedy = load(ALGOS[algo] + ["seed=0"] + (["algo.eval_greedy=true"] if algo == "reinforce"
+                                               else [])).cfg.algo
+    some = [7, 3, 12]
+    together = algorithm.evaluate(model, cfg.env, some, greedy)[2]
+    alone = [algorithm.evaluate(model, cfg.env, [s], greedy)[2][0] for s in some]
+    assert together == alone, (together, alone)
+
+
 def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
     composed = load(ALGOS["dqn"] + ["seed=0"])
     cfg = composed.cfg

@@ -95,10 +95,10 @@ def test_every_episode_return_is_reported_at_its_env_step():
 
 
 def test_evaluation_uses_one_fixed_seed_per_episode():
-    env = make_env(EnvConfig("Taxi-v3"))
     q = np.zeros((500, 6))
-    m1, s1, r1 = evaluate(q, env, seeds=[1, 2, 3], max_steps=99)
-    m2, s2, r2 = evaluate(q, env, seeds=[1, 2, 3], max_steps=99)
+    cfg = QLearningConfig(max_steps=99)
+    m1, s1, r1 = evaluate(q, EnvConfig("Taxi-v3"), [1, 2, 3], cfg)
+    m2, s2, r2 = evaluate(q, EnvConfig("Taxi-v3"), [1, 2, 3], cfg)
     assert len(r1) == 3 and r1 == r2
     # An all-zero table always moves south: never a drop-off, -1 for each of 99 steps.
     assert r1 == [-99.0, -99.0, -99.0] and s1 == 0.0

@@ -72,6 +72,11 @@ class TableAgent:
     def __init__(self, table: np.ndarray) -> None:
         self.table = np.asarray(table, dtype=np.float64)
 
+    @property
+    def model(self) -> np.ndarray:
+        """What the algorithm's evaluate() plays: the table."""
+        return self.table
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions of a batch of states (ints)."""
         return self.table[np.asarray(obs, dtype=np.int64)].argmax(-1)
@@ -105,6 +110,11 @@ class NetworkAgent:
         self.net = net.eval()
         self.spec = spec
         """kind, network (mlp or cnn), hidden_sizes, obs_shape, obs_dtype, n_actions."""
+
+    @property
+    def model(self):
+        """What the algorithm's evaluate() plays: the network."""
+        return self.net
 
     @classmethod
     def of(cls, net, factory, obs_space, n_actions: int) -> NetworkAgent:

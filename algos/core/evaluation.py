@@ -1,4 +1,12 @@
-"""Evaluation episodes played side by side in one vector env."""
+"""Evaluation: episodes played side by side in one vector env, one reset seed each.
+
+Every algorithm's `evaluate` has one signature,
+
+    evaluate(model, env_cfg, seeds, cfg) -> (mean, std, returns)
+
+the algorithm's model (a Q-table, a network), the env, one reset seed per episode (the
+run's own are `cfg.evaluation_seeds()`), and the algorithm's config for how it plays.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from algos.core.envs import EnvConfig, make_vector_env
+
+
+class SeedRange:
+    """Config mixin: evaluation episodes reset with seeds eval_seed, eval_seed + 1, ...,
+    one per episode of eval_episodes."""
+
+    eval_seed: int
+    eval_episodes: int
+
+    def evaluation_seeds(self) -> list[int]:
+        """The reset seed of each evaluation episode."""
+        return list(range(self.eval_seed, self.eval_seed + self.eval_episodes))
 
 
 def play_episodes(
