@@ -51,3 +51,31 @@ def test_evaluation_plays_whole_games():
     lives_config = play_episodes(BREAKOUT, 2, 7, random_player())
     whole = play_episodes(full, 2, 7, random_player())
     assert lives_config == whole
+
+
+def test_an_atari_video_is_the_episode_at_native_resolution(tmp_path):
+    # evaluate.video's recorder on a real ALE game: every frame, 210x160 RGB as the
+    # console draws it, not the agent's 84x84 grey stack, read back by a real decoder.
+    import cv2
+
+    from algos.core.agents import NetworkAgent
+    from pipelines.models import record_episode
+
+    env = make_env(BREAKOUT)
+    factory = NetworkFactory("auto", ())
+    agent = NetworkAgent.of(factory(env.observation_space, env.action_space), factory,
+                            env.observation_space, int(env.action_space.n))
+    env.close()
+    path = tmp_path / "episode.mp4"
+    frames = record_episode(agent, BREAKOUT, seed=0, max_steps=150, path=path)
+    assert frames == 151  # the reset frame and one per step (no game ends in 150 steps)
+    capture = cv2.VideoCapture(str(path))
+    shapes, read = set(), 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        shapes.add(frame.shape)
+        read += 1
+    capture.release()
+    assert read == frames and shapes == {(210, 160, 3)}
