@@ -338,7 +338,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
         trained = time.monotonic()
         reporter.flush()
+        logging_models = time.monotonic()
         log_agents(logger, result, composed)
+        models_logged = time.monotonic()
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.
         reporter.flush()
@@ -371,6 +373,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         "perf/trial_setup_s": training - entered,
         "perf/trial_train_s": trained - training - sum(spent.values()),
         **{f"perf/trial_{k}_s": v for k, v in spent.items()},
-        "perf/trial_teardown_s": time.monotonic() - trained,
+        "perf/trial_models_s": models_logged - logging_models,
+        "perf/trial_teardown_s": time.monotonic() - trained - (models_logged - logging_models),
     })
     logger.finish("FINISHED")
