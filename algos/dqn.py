@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algos.core import validation as v
+from algos.configs import DQNConfig
 from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
-from algos.core.evaluation import SeedRange, play_episodes
+from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
@@ -43,109 +42,6 @@ from algos.core.reporting import NullReporter, Reporter
 from algos.core.schedules import linear_epsilon
 from algos.core.timing import Stopwatch
 from algos.core.workers import WorkerPool
-
-
-@dataclass
-class DQNConfig(SeedRange):
-    """Hyperparameters of DQN (defaults: the course's unit 3 Atari settings)."""
-
-    name: str = "dqn"
-    """The implementation, as registered in algos.registry."""
-    double: bool = False
-    """Double DQN: the online network selects the next action, the target evaluates it."""
-    total_steps: int = 1_000_000
-    """Env steps (agent steps) to train for."""
-    buffer_size: int = 100_000
-    """Replay memory capacity, in transitions."""
-    lr: float = 1e-4
-    """Adam's learning rate (at the start, with lr_end)."""
-    lr_end: float | None = None
-    """Learning rate at total_steps, reached linearly from lr (null: lr throughout)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    batch_size: int = 32
-    """Transitions per gradient step."""
-    learning_starts: int = 100_000
-    """Env steps sampled before learning starts."""
-    train_freq: int = 4
-    """Env steps between training phases."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase."""
-    target_update_interval: int = 1_000
-    """Env steps between copies of the online network into the target network."""
-    exploration_fraction: float = 0.1
-    """Fraction of total_steps over which epsilon decays linearly."""
-    epsilon_start: float = 1.0
-    """Exploration rate at the start."""
-    epsilon_end: float = 0.01
-    """Exploration rate after the decay."""
-    loss: str = "huber"
-    """huber or mse."""
-    max_grad_norm: float | None = 10.0
-    """Clip the gradient norm to this (null: no clip)."""
-    clip_rewards: bool = False
-    """Learn from sign(reward) (the Atari papers' clipping); returns stay unclipped."""
-    network: str = "auto"
-    """auto (cnn for frame stacks, else mlp), mlp or cnn."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    """The MLP's hidden layers."""
-    frame_memory: bool = True
-    """Store Atari frames once in the replay memory (7 GB per 1M transitions, not 28-56)."""
-    num_rollout_workers: int = 0
-    """Ray actors sampling beside the learner (0: sample in the learner process)."""
-    envs_per_worker: int = 1
-    """Vector envs per rollout worker (or in the learner with 0 workers)."""
-    rollout_steps: int = 0
-    """Env steps per sample request to a rollout worker. 0: train_freq shared among the
-    workers, and at least 32 steps of each of the worker's envs (a request is a Ray round
-    trip: 4 steps per request sample at a third of the rate of 128). The learner takes
-    gradient_steps per train_freq env steps of whatever arrives."""
-    device: str = "auto"
-    """Learner device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
-    replay_device: str = "learner"
-    """Where the frame memory keeps its frames: learner (the learner's device: on a GPU,
-    minibatches are gathered there and only indices cross the bus; 7 GB of GPU memory per
-    1M Atari transitions), or cpu (host memory)."""
-    cuda_graph: bool = True
-    """On CUDA, replay each gradient step as one captured CUDA graph (one launch instead
-    of dozens: a small network's update is paced by kernel launches, not by the GPU)."""
-    eval_episodes: int = 10
-    """Greedy evaluation episodes."""
-    eval_every: int = 10_000
-    """Env steps between evaluations (and reports)."""
-    eval_seed: int = 1_000_000
-    """Reset seed of the first evaluation episode (then +1 per episode)."""
-    eval_epsilon: float = 0.0
-    """Exploration during evaluation (Atari papers use 0.05)."""
-    checkpoint_replay: bool = False
-    """Include the replay memory in checkpoints (large for Atari); without it a resumed
-    run refills the memory for learning_starts steps before it learns again."""
-    max_worker_restarts: int = 5
-    """Rollout workers that may die in a run and be replaced in place; one more fails it."""
-
-    def __post_init__(self) -> None:
-        v.positive(self, "total_steps", "buffer_size", "lr", "batch_size", "train_freq",
-                   "gradient_steps", "target_update_interval", "envs_per_worker",
-                   "eval_episodes", "eval_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
-        v.at_least(self, "learning_starts", 0)
-        v.at_least(self, "num_rollout_workers", 0)
-        v.at_least(self, "rollout_steps", 0)
-        v.at_least(self, "max_worker_restarts", 0)
-        for key in ("exploration_fraction", "epsilon_start", "epsilon_end", "eval_epsilon"):
-            v.in_range(self, key, 0.0, 1.0)
-        v.one_of(self, "loss", ("huber", "mse"))
-        v.one_of(self, "network", ("auto", "mlp", "cnn"))
-        if self.max_grad_norm is not None:
-            v.positive(self, "max_grad_norm")
-        if self.lr_end is not None:
-            v.at_least(self, "lr_end", 0.0)
-        if self.batch_size > self.buffer_size:
-            raise v.ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
-        if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
-        v.one_of(self, "replay_device", ("cpu", "learner"))
-
 
 DQNResult = NetworkResult
 """What a finished run leaves: the online network as an agent, its metrics, its best."""

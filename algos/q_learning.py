@@ -11,14 +11,14 @@ A run is a function of (config, env config, seed): the same seed gives the same 
 """
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from algos.core import validation as v
+from algos.configs import QLearningConfig
 from algos.core.agents import Best, TableAgent
 from algos.core.envs import EnvConfig, make_env
 from algos.core.finite import check_finite
@@ -26,54 +26,6 @@ from algos.core.reporting import NullReporter, Reporter
 from algos.core.rng import generator_state, set_generator_state
 from algos.core.schedules import exponential_epsilon
 from algos.core.timing import Stopwatch
-
-
-@dataclass
-class QLearningConfig:
-    """Hyperparameters of tabular Q-learning (defaults: the course's FrozenLake)."""
-
-    name: str = "q_learning"
-    """The implementation, as registered in algos.registry."""
-    episodes: int = 10_000
-    """Training episodes."""
-    lr: float = 0.7
-    """Learning rate of the TD update."""
-    gamma: float = 0.95
-    """Discount factor."""
-    max_steps: int = 99
-    """Most steps in one episode, in training and in evaluation."""
-    epsilon_start: float = 1.0
-    """Exploration rate at episode 0."""
-    epsilon_end: float = 0.05
-    """Exploration rate the decay tends to."""
-    epsilon_decay: float = 0.0005
-    """Exponential decay rate of epsilon, per episode."""
-    eval_episodes: int = 100
-    """Greedy evaluation episodes."""
-    eval_seeds: list[int] | None = None
-    """One reset seed per evaluation episode; null means 0, 1, ..., eval_episodes - 1."""
-    report_every: int = 1_000
-    """Episodes between reports (metrics, evaluation and a checkpoint)."""
-
-    def __post_init__(self) -> None:
-        v.at_least(self, "episodes", 1)
-        v.positive(self, "lr", "max_steps", "eval_episodes", "report_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
-        for key in ("epsilon_start", "epsilon_end"):
-            v.in_range(self, key, 0.0, 1.0)
-        v.at_least(self, "epsilon_decay", 0.0)
-        if self.eval_seeds is not None and len(self.eval_seeds) != self.eval_episodes:
-            raise v.ConfigValueError(
-                "eval_seeds",
-                f"<{len(self.eval_seeds)} seeds>",
-                f"must hold eval_episodes={self.eval_episodes} seeds, one per episode",
-            )
-
-    def evaluation_seeds(self) -> list[int]:
-        """The reset seed of each evaluation episode."""
-        return list(self.eval_seeds) if self.eval_seeds is not None else list(
-            range(self.eval_episodes)
-        )
 
 
 @dataclass
@@ -111,17 +63,23 @@ def greedy_action(row: list[float]) -> int:
     return row.index(max(row))
 
 
+def fast_steps(env: gym.Env, max_steps: int) -> tuple[Callable, int]:
+    """(the unwrapped env's step, the most steps of an episode). gym.make's wrappers are an
+    order check, a passive checker and the time limit, which the cap reproduces: stepping
+    the unwrapped env costs a third."""
+    limit = env.spec.max_episode_steps if env.spec else None
+    return env.unwrapped.step, min(max_steps, limit) if limit else max_steps
+
+
 def evaluate(
     q_table: np.ndarray, env_cfg: EnvConfig, seeds: Sequence[int], cfg: QLearningConfig
 ) -> tuple[float, float, list[float]]:
     """Play the greedy policy one episode per reset seed, at most cfg.max_steps steps each:
     (mean, std, returns) as the course computes them."""
     env = make_env(env_cfg.full_games())
-    # One env reset per seed, stepped unwrapped as in train() (the greedy policy of a
-    # table stepped one state at a time is many times faster than a vector env here).
-    step = env.unwrapped.step
-    limit = env.spec.max_episode_steps if env.spec else None
-    cap = min(cfg.max_steps, limit) if limit else cfg.max_steps
+    # One env reset per seed and stepped as in train(): a table's greedy policy, one state
+    # at a time, is many times faster than a vector env here.
+    step, cap = fast_steps(env, cfg.max_steps)
     table = np.asarray(q_table).tolist()
     returns = []
     for seed in seeds:
@@ -165,11 +123,7 @@ def train(
     reporter = reporter or NullReporter()
     env = make_env(env_cfg)
     n_states, n_actions = check_spaces(env)
-    # The hot loop steps the unwrapped env: gym.make's wrappers are an order check, a
-    # passive checker and the time limit, which `cap` reproduces, at a third of the cost.
-    step = env.unwrapped.step
-    limit = env.spec.max_episode_steps if env.spec else None
-    cap = min(cfg.max_steps, limit) if limit else cfg.max_steps
+    step, cap = fast_steps(env, cfg.max_steps)
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)  # seeds the env's own generator; each episode resets again below
     if state is None:

@@ -2,39 +2,70 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from algos import dqn, q_learning, reinforce
+from algos import configs
 from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, read_manifest
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """An algorithm's typed config, its train and evaluate functions."""
+    """An algorithm: its typed config, and the module that trains and evaluates it.
+
+    The module is imported on first use, so that looking an algorithm up, composing and
+    validating its config import no learner's libraries (a Q-learning sweep never imports
+    torch). It defines
+
+        train(cfg, env_cfg, seed, reporter=None, state=None) -> a result with agents()
+        evaluate(model, env_cfg, seeds, cfg) -> (mean, std, returns): one episode per
+            reset seed, played as the run's evaluations play (algos.core.evaluation)
+        check_spaces(env): raises ValueError when the algorithm cannot run on the env
+
+    and, where a run allocates replay memory, replay_nbytes(cfg, obs_space) -> (host
+    bytes, learner-device bytes)."""
 
     name: str
+    module: str
+    """The module that implements it."""
     config_class: type
-    """Its config dataclass; evaluation_seeds() gives the reset seed of each evaluation
-    episode."""
-    train: Callable[..., Any]
-    """train(cfg, env_cfg, seed, reporter=None, state=None) -> a result with agents()."""
-    evaluate: Callable[..., tuple[float, float, list[float]]]
-    """evaluate(model, env_cfg, seeds, cfg) -> (mean, std, returns): one episode per reset
-    seed, played as the run's evaluations play (algos.core.evaluation)."""
-    check_env: Callable[[Any], Any]
-    """Raises ValueError when the algorithm cannot run on the given env."""
-    replay_nbytes: Callable[[Any, Any], tuple[int, int]] = lambda cfg, obs_space: (0, 0)
-    """(host bytes, learner-device bytes) of the replay memory a run allocates, from its
-    config and the env's observation space (none: a table or one batch of episodes)."""
+    """Its config dataclass (algos.configs); evaluation_seeds() gives the reset seed of
+    each evaluation episode."""
     agent: type = NetworkAgent
     """How its trained agent acts and is saved and loaded (algos.core.agents): its train()
     result's agents() are of this class."""
     budget: tuple[str, str] = ("total_steps", "train/env_steps")
     """(the config field that holds the training budget, the reported metric that counts
     toward it)."""
+
+    @property
+    def code(self) -> ModuleType:
+        """The module that implements it (imported now if it was not)."""
+        return importlib.import_module(self.module)
+
+    @property
+    def train(self) -> Callable[..., Any]:
+        """Its train function."""
+        return self.code.train
+
+    @property
+    def evaluate(self) -> Callable[..., tuple[float, float, list[float]]]:
+        """Its evaluate function."""
+        return self.code.evaluate
+
+    def check_env(self, env: Any) -> None:
+        """Raises ValueError when the algorithm cannot run on `env`."""
+        self.code.check_spaces(env)
+
+    def replay_nbytes(self, cfg: Any, obs_space: Any) -> tuple[int, int]:
+        """(host bytes, learner-device bytes) of the replay memory a run of `cfg` allocates
+        (none: a table, or one batch of episodes)."""
+        planned = getattr(self.code, "replay_nbytes", None)
+        return planned(cfg, obs_space) if planned else (0, 0)
 
     def evaluation(self, cfg: Any) -> dict[str, Any]:
         """How a run of config `cfg` evaluated its agent: the reset seed of each episode and
@@ -45,27 +76,20 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     "q_learning": Algorithm(
         name="q_learning",
-        config_class=q_learning.QLearningConfig,
-        train=q_learning.train,
-        evaluate=q_learning.evaluate,
-        check_env=q_learning.check_spaces,
+        module="algos.q_learning",
+        config_class=configs.QLearningConfig,
         agent=TableAgent,
         budget=("episodes", "train/episodes"),
     ),
     "dqn": Algorithm(
         name="dqn",
-        config_class=dqn.DQNConfig,
-        train=dqn.train,
-        evaluate=dqn.evaluate,
-        check_env=dqn.check_spaces,
-        replay_nbytes=dqn.replay_nbytes,
+        module="algos.dqn",
+        config_class=configs.DQNConfig,
     ),
     "reinforce": Algorithm(
         name="reinforce",
-        config_class=reinforce.ReinforceConfig,
-        train=reinforce.train,
-        evaluate=reinforce.evaluate,
-        check_env=reinforce.check_spaces,
+        module="algos.reinforce",
+        config_class=configs.ReinforceConfig,
         budget=("episodes", "train/episodes"),
     ),
 }

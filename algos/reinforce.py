@@ -16,75 +16,21 @@ workers at once (with 0 workers, in the learner), always with the current weight
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from algos.core import validation as v
+from algos.configs import ReinforceConfig
 from algos.core.agents import Best, NetworkAgent, NetworkResult
 from algos.core.envs import EnvConfig
-from algos.core.evaluation import SeedRange, play_episodes
+from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.timing import Stopwatch
 from algos.core.workers import WorkerPool
-
-
-@dataclass
-class ReinforceConfig(SeedRange):
-    """Hyperparameters of REINFORCE (defaults: the course's unit 4 CartPole settings)."""
-
-    name: str = "reinforce"
-    """The implementation, as registered in algos.registry."""
-    episodes: int = 1_000
-    """Training episodes."""
-    episodes_per_update: int = 1
-    """m: episodes averaged in one gradient estimate."""
-    lr: float = 1e-2
-    """Adam's learning rate."""
-    gamma: float = 1.0
-    """Discount factor."""
-    max_steps: int = 1_000
-    """Most steps in one episode (the env's own time limit applies too)."""
-    hidden_sizes: list[int] = field(default_factory=lambda: [16])
-    """The policy MLP's hidden layers (the course: one of 16)."""
-    network: str = "auto"
-    """auto (cnn for frame stacks, else mlp), mlp or cnn."""
-    standardize_returns: bool = True
-    """Standardize G_t within each episode (the course does)."""
-    baseline: bool = False
-    """Subtract the batch's mean G_t (before standardizing)."""
-    num_rollout_workers: int = 0
-    """Ray actors sampling episodes (0: sample in the learner process)."""
-    envs_per_worker: int = 1
-    """Vector envs per rollout worker (or in the learner with 0 workers)."""
-    device: str = "cpu"
-    """Learner device: cpu, cuda, cuda:N or auto (small policies are fastest on the CPU)."""
-    eval_episodes: int = 10
-    """Evaluation episodes."""
-    eval_every: int = 100
-    """Training episodes between evaluations (and reports)."""
-    eval_seed: int = 1_000_000
-    """Reset seed of the first evaluation episode (then +1 per episode)."""
-    eval_greedy: bool = False
-    """Evaluate the most probable action; false samples from the policy, as the course."""
-    max_worker_restarts: int = 5
-    """Rollout workers that may die in a run and be replaced in place; one more fails it."""
-
-    def __post_init__(self) -> None:
-        v.positive(self, "episodes", "episodes_per_update", "lr", "max_steps",
-                   "envs_per_worker", "eval_episodes", "eval_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
-        v.at_least(self, "num_rollout_workers", 0)
-        v.at_least(self, "max_worker_restarts", 0)
-        v.one_of(self, "network", ("auto", "mlp", "cnn"))
-        if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
-
 
 ReinforceResult = NetworkResult
 """What a finished run leaves: the final policy as an agent, its metrics, its best weights."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from algos.core.finite import NonFiniteError
-from algos.core.networks import resolve_device
 from algos.registry import get_algorithm
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, flat_params, load
@@ -154,6 +153,8 @@ class TrialReporter:
         self.outage_since: float | None = None
         self.last_checkpoint = self.last_flush = time.monotonic()
         self.seconds = {"tracking": 0.0, "checkpoint": 0.0, "report_wait": 0.0}
+        self.last_step = 0
+        """The step of the newest report."""
         """Where the trial's time outside training went: MLflow writes, checkpoints (saved
         and handed to Tune), waiting in tune.report for the driver to take a result."""
 
@@ -222,6 +223,7 @@ class TrialReporter:
         """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
         from ray import tune
 
+        self.last_step = step
         result = {**metrics, "train/env_steps": float(step), **self._progress(step, metrics,
                                                                                history)}
         history = {k: thin(v, self.max_points) for k, v in (history or {}).items()}
@@ -313,7 +315,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tune.get_context().get_trial_id()
     # Where it runs (a retry may run elsewhere: the tags say where it ran last).
     where = node_tags()
-    if getattr(cfg.algo, "device", None):
+    if getattr(cfg.algo, "device", None):  # a network's learner (torch only where one is)
+        from algos.core.networks import resolve_device
+
         where["learner.device"] = str(resolve_device(cfg.algo.device))
     if not ctx.parent_run_id and ctx.cluster:
         where.update(cluster_tags(ctx.cluster))
@@ -339,7 +343,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         trained = time.monotonic()
         reporter.flush()
         logging_models = time.monotonic()
-        log_agents(logger, result, composed)
+        log_agents(logger, result, composed, reporter.last_step)
         models_logged = time.monotonic()
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.

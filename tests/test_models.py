@@ -44,9 +44,21 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("models"))
     logger = RunLogger(uri, run.info.run_id, -np.inf)
-    ids = log_agents(logger, result, composed)
+    ids = log_agents(logger, result, composed, final_step=12345)
     assert set(ids) == {"final", "best"}
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the trial closes it
+    # Each model is the run's output at its step, with the config and its evaluation.
+    at = {"final": (12345, result.metrics["eval/score"])}
+    if ids["best"] != ids["final"]:
+        at["best"] = (result.best.step, result.best.score)
+    outputs = client.get_run(run.info.run_id).outputs.model_outputs
+    assert {(o.model_id, o.step) for o in outputs} == {(ids[n], at[n][0]) for n in at}
+    for name, (step, score) in at.items():
+        logged = client.get_logged_model(ids[name])
+        assert logged.status == "READY" and logged.source_run_id == run.info.run_id
+        assert logged.params["algo.name"] == algo
+        assert [(m.step, m.value) for m in logged.metrics if m.key == "eval/score"] == [
+            (step, score)]
     mlflow.set_tracking_uri(uri)
     obs = batch_for(composed, result)
     for name, agent in result.agents().items():
