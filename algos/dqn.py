@@ -39,7 +39,7 @@ from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
-from algos.core.schedules import linear_epsilon
+from algos.core.schedules import linear
 from algos.core.timing import Stopwatch
 from algos.core.workers import WorkerPool
 
@@ -341,7 +341,7 @@ def train(
     learning = False
     try:
         while env_steps < cfg.total_steps:
-            epsilon = linear_epsilon(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
+            epsilon = linear(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
             batch = pool.sample(step_chunk, epsilon, frames_only)
             buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
                        batch["next_obs"], batch["terminated"], batch["truncated"],
@@ -360,8 +360,7 @@ def train(
                     graphed = capture_step(online, target, optimizer, cfg, pool.obs_space,
                                            device)
                 if n_updates and cfg.lr_end is not None:
-                    set_lr(optimizer, linear_epsilon(env_steps, cfg.lr, cfg.lr_end,
-                                                     cfg.total_steps))
+                    set_lr(optimizer, linear(env_steps, cfg.lr, cfg.lr_end, cfg.total_steps))
                 if n_updates:
                     stats = learn(online, target, optimizer, buffer, n_updates, cfg, device,
                                   graphed)

@@ -1,4 +1,5 @@
-"""Exploration schedules: the course's exponential decay (unit 2) and linear decay (unit 3)."""
+"""Schedules: the course's exponential decay of epsilon (unit 2), and the linear decay of
+unit 3 (DQN's epsilon, and its learning rate when algo.lr_end is set)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ def exponential_epsilon(episode: int, start: float, end: float, decay_rate: floa
     return end + (start - end) * math.exp(-decay_rate * episode)
 
 
-def linear_epsilon(step: int, start: float, end: float, duration: int) -> float:
+def linear(step: int, start: float, end: float, duration: int) -> float:
     """Course unit 3: from start to end linearly over `duration` steps, then end."""
     if duration <= 0:
         return end
