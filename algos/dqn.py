@@ -250,11 +250,12 @@ def evaluate(
             actions = np.where(explore, rng.integers(0, q.shape[1], len(obs)), actions)
         return actions
 
+    was_training = net.training
     net.eval()
     try:
         return play_episodes(env_cfg, len(seeds), seeds, act)
     finally:
-        net.train()
+        net.train(was_training)
 
 
 def replay_envs(cfg: DQNConfig) -> int:

@@ -31,35 +31,31 @@ PIP_REQUIREMENTS = ["rlpipe", "torch", "numpy", "gymnasium"]
 
 
 def log_agents(logger: RunLogger, result: Any, composed: Composed,
-               final_step: int = 0) -> dict[str, str]:
+               final_step: int) -> dict[str, str]:
     """Log the run's final and best agents as pyfunc models named final and best, the final
-    one at the run's last step `final_step`, the best at its evaluation's; tag the run with
-    their model ids (model.final, model.best) and return them.
+    one at the run's last report step `final_step`, the best at its evaluation's; tag the
+    run with their model ids (model.final, model.best) and return them. The run's metrics
+    must be written first.
 
-    Each model is linked to the run as its output at that step, with the config as its
-    params and the evaluation's metrics as its own. That is what MLflow's log_model does
-    in an active run, except that it reads the run's every metric history for the
-    metrics of the step: a trial's history of 25,000 episode returns cost 0.8 s a model.
-    The model is made here and logged into with no active run."""
-    import time
-
+    Each model is the run's output at its step, with the run's params as its own and the
+    run's eval/* points of that step linked to it: what MLflow's log_model does in an
+    active run, except that it reads every metric history of the run for the step's
+    points (a trial's 25,000 episode returns cost 0.8 s a model). So the model is made
+    here and logged into with no active run; MLflow's context tags (user, source, git
+    commit) are not copied onto it."""
     import mlflow
     import mlflow.pyfunc
-    from mlflow.entities import LoggedModelOutput, Metric
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
     from mlflow.models import infer_signature
 
     from algos.core.agents import save_agent
     from algos.registry import get_algorithm
-    from pipelines.config import flat_params
 
     example = result.example_obs()
     evaluation = get_algorithm(composed.cfg.algo.name).evaluation(composed.cfg.algo)
-    evals = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
     about = {
-        "final": {"score": result.metrics.get("eval/score"), "step": final_step,
-                  "metrics": evals},
-        "best": {"score": result.best.score, "step": result.best.step,
-                 "metrics": {"eval/score": result.best.score}},
+        "final": {"score": result.metrics.get("eval/score"), "step": final_step},
+        "best": {"score": result.best.score, "step": result.best.step},
     }
     if about["best"]["step"] < 0:  # never evaluated: the final agent is the best one
         about["best"] = about["final"]
@@ -67,33 +63,41 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     agents = result.agents()
     same = agents["best"].same_as(agents["final"])
     client = logger.client
-    experiment_id = client.get_run(logger.run_id).info.experiment_id
-    params = {k: str(v) for k, v in flat_params(composed.container).items()}
+    run = client.get_run(logger.run_id)
+    histories = {key: client.get_metric_history(logger.run_id, key)
+                 for key in run.data.metrics if key.startswith("eval/")}
     mlflow.set_tracking_uri(logger.uri)  # log_model writes through the fluent API's store
     for name, agent in agents.items():
         if name == "best" and same:  # the last evaluation was the best: one model
             ids["best"] = ids["final"]
             continue
         step = max(0, int(about[name]["step"] or 0))
-        model = client.create_logged_model(experiment_id, name=name,
-                                           source_run_id=logger.run_id, params=params,
-                                           tags={"rlpipe.model": name})
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "agent"
-            save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
-                       env=composed.container["env"], evaluation=evaluation,
-                       source_run_id=logger.run_id, score=about[name]["score"],
-                       step=about[name]["step"])
-            mlflow.pyfunc.log_model(
-                name=name, model_id=model.model_id, loader_module=__name__,
-                data_path=str(folder), signature=infer_signature(example, agent.act(example)),
-                input_example=example, pip_requirements=PIP_REQUIREMENTS,
-            )
+        model = client.create_logged_model(run.info.experiment_id, name=name,
+                                           source_run_id=logger.run_id,
+                                           params=run.data.params, tags={"rlpipe.model": name})
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "agent"
+                save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
+                           env=composed.container["env"], evaluation=evaluation,
+                           source_run_id=logger.run_id, **about[name])
+                mlflow.pyfunc.log_model(
+                    name=name, model_id=model.model_id, loader_module=__name__,
+                    data_path=str(folder),
+                    signature=infer_signature(example, agent.act(example)),
+                    input_example=example, pip_requirements=PIP_REQUIREMENTS,
+                )
+        except BaseException:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
         client.log_outputs(logger.run_id, [LoggedModelOutput(model.model_id, step=step)])
-        now = int(time.time() * 1000)
+        # The step's own points, as they were written (same time stamps: no new points in
+        # the run's history), now also the model's.
         client.log_batch(logger.run_id, metrics=[
-            Metric(k, float(v), now, step, run_id=logger.run_id, model_id=model.model_id)
-            for k, v in about[name]["metrics"].items() if v is not None])
+            Metric(m.key, m.value, m.timestamp, m.step, run_id=logger.run_id,
+                   model_id=model.model_id)
+            for points in histories.values() for m in points
+            if m.step == step and m.model_id is None])
         ids[name] = model.model_id
     logger.set_tags({f"model.{name}": model_id for name, model_id in ids.items()})
     return ids

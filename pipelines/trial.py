@@ -6,6 +6,7 @@ The trial is the only place where an algorithm meets Tune and MLflow, through
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import shutil
@@ -31,6 +32,8 @@ from pipelines.tracking import (
 )
 
 STATE_FILE = "state.pkl"
+STEP_FILE = "step.json"
+"""The step of the report a checkpoint was taken with (the run's step when it resumes)."""
 log = logging.getLogger("rlpipe")
 FAILURE_TAG = "rlpipe.failure"
 """Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
@@ -80,16 +83,20 @@ def run_key(ctx: TrialContext, trial_id: str) -> str:
     return f"{ctx.uid}/{trial_id}"
 
 
-def save_state(state: Mapping[str, Any], folder: Path) -> None:
-    """Write an algorithm's checkpoint state into `folder`."""
+def save_state(state: Mapping[str, Any], folder: Path, step: int) -> None:
+    """Write an algorithm's checkpoint state, taken at report step `step`, into `folder`."""
     with open(folder / STATE_FILE, "wb") as f:
         pickle.dump(dict(state), f, protocol=pickle.HIGHEST_PROTOCOL)
+    (folder / STEP_FILE).write_text(json.dumps({"step": int(step)}))
 
 
-def load_state(folder: str | Path) -> dict[str, Any]:
-    """Read back what save_state wrote."""
-    with open(Path(folder) / STATE_FILE, "rb") as f:
-        return pickle.load(f)
+def load_state(folder: str | Path) -> tuple[dict[str, Any], int]:
+    """Read back what save_state wrote: (the state, its report step; 0 if not recorded)."""
+    folder = Path(folder)
+    with open(folder / STATE_FILE, "rb") as f:
+        state = pickle.load(f)
+    step_file = folder / STEP_FILE
+    return state, json.loads(step_file.read_text())["step"] if step_file.exists() else 0
 
 
 def thin(series: Sequence[tuple], max_points: int) -> list[tuple]:
@@ -154,7 +161,8 @@ class TrialReporter:
         self.last_checkpoint = self.last_flush = time.monotonic()
         self.seconds = {"tracking": 0.0, "checkpoint": 0.0, "report_wait": 0.0}
         self.last_step = 0
-        """The step of the newest report."""
+        """The step of the newest report (a resumed run's: its checkpoint's, until it
+        reports)."""
         """Where the trial's time outside training went: MLflow writes, checkpoints (saved
         and handed to Tune), waiting in tune.report for the driver to take a result."""
 
@@ -247,7 +255,7 @@ class TrialReporter:
         started = time.monotonic()
         folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
         try:
-            save_state(state, folder)
+            save_state(state, folder, step)
             self.last_checkpoint = now
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         finally:
@@ -323,10 +331,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         where.update(cluster_tags(ctx.cluster))
     logger = open_run(ctx, composed, trial_id, where)
     checkpoint = tune.get_checkpoint()
-    state = None
+    state, resumed_step = None, 0
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = load_state(folder)
+            state, resumed_step = load_state(folder)
         logger.set_tags({"rlpipe.restored_from": checkpoint.path})
     monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
                                    resume=checkpoint is not None)
@@ -337,6 +345,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfg.tracking.max_points_per_report,
         budget_of(algorithm, cfg.algo),
     )
+    reporter.last_step = resumed_step
     try:
         training = time.monotonic()
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)

@@ -53,6 +53,21 @@ def test_evaluation_plays_whole_games():
     assert lives_config == whole
 
 
+def test_atari_evaluation_takes_any_seeds_one_per_game():
+    # ale-py's vector env takes seeds as a first seed or an array: a list that is not a
+    # run of consecutive seeds plays each game as that seed alone does.
+    full = EnvConfig(id="ALE/Breakout-v5", kind="atari", repeat_action_probability=0.0,
+                     fire_reset=True)
+
+    def player(obs):  # deterministic: the same screen, the same action
+        return (obs.reshape(len(obs), -1).sum(1) % 4).astype(np.int64)
+
+    seeds = [9, 4, 2]  # first 400 steps: 0, 2 and 0 points
+    together = play_episodes(full, 3, seeds, player, max_steps=400)[2]
+    alone = [play_episodes(full, 1, [seed], player, max_steps=400)[2][0] for seed in seeds]
+    assert together == alone and len(set(together)) == 2
+
+
 def test_an_atari_video_is_the_episode_at_native_resolution(tmp_path):
     # evaluate.video's recorder on a real ALE game: every frame, 210x160 RGB as the
     # console draws it, not the agent's 84x84 grey stack, read back by a real decoder.

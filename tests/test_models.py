@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from algos.core.reporting import MemoryReporter
 from algos.registry import get_algorithm
-from pipelines.config import load
+from pipelines.config import flat_params, load
 from pipelines.models import log_agents
 from pipelines.tracking import RunLogger
 
@@ -39,16 +40,22 @@ def batch_for(composed, result) -> np.ndarray:
 def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
     composed = load(ALGOS[algo] + ["seed=0"])
     cfg = composed.cfg
-    result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed)
+    reporter = MemoryReporter()
+    result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed, reporter)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("models"))
     logger = RunLogger(uri, run.info.run_id, -np.inf)
-    ids = log_agents(logger, result, composed, final_step=12345)
+    logger.log_params(flat_params(composed.container))  # as the trial's run
+    for r in reporter.reports:
+        logger.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
+    last = reporter.reports[-1]["step"]
+    ids = log_agents(logger, result, composed, final_step=last)
     assert set(ids) == {"final", "best"}
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the trial closes it
-    # Each model is the run's output at its step, with the config and its evaluation.
-    at = {"final": (12345, result.metrics["eval/score"])}
+    # Each model is the run's output at its step, with the run's params and the eval/*
+    # points of that step; the run's own history gains no point.
+    at = {"final": (last, result.metrics["eval/score"])}
     if ids["best"] != ids["final"]:
         at["best"] = (result.best.step, result.best.score)
     outputs = client.get_run(run.info.run_id).outputs.model_outputs
@@ -56,9 +63,12 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
     for name, (step, score) in at.items():
         logged = client.get_logged_model(ids[name])
         assert logged.status == "READY" and logged.source_run_id == run.info.run_id
-        assert logged.params["algo.name"] == algo
+        assert logged.params == client.get_run(run.info.run_id).data.params
         assert [(m.step, m.value) for m in logged.metrics if m.key == "eval/score"] == [
             (step, score)]
+    history = client.get_metric_history(run.info.run_id, "eval/score")
+    assert [(m.step, m.value) for m in history] == [
+        (r["step"], r["eval/score"]) for r in reporter.reports]
     mlflow.set_tracking_uri(uri)
     obs = batch_for(composed, result)
     for name, agent in result.agents().items():
@@ -107,7 +117,8 @@ def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("models"))
-    ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed)
+    ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed,
+                     final_step=cfg.algo.total_steps)
     mlflow.set_tracking_uri(uri)
     stored = Path(client.get_logged_model(ids["final"]).artifact_location.removeprefix(
         "file://"))

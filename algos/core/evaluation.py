@@ -44,10 +44,13 @@ def play_episodes(
     if len(seeds) != episodes:
         raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
     envs = make_vector_env(env_cfg.full_games(), episodes)  # evaluation: whole games
-    # Contiguous seeds as the first one (env i resets with seed + i; ale-py's vector env
-    # takes only that form), any others as the list (gymnasium's vector envs take it).
-    contiguous = seeds == list(range(seeds[0], seeds[0] + episodes))
-    obs, _ = envs.reset(seed=seeds[0] if contiguous else seeds)
+    # Contiguous seeds as the first one (env i resets with seed + i), others one per env:
+    # ale-py's vector env takes them as an array, gymnasium's as a list of ints.
+    seeds = [int(s) for s in seeds]
+    if seeds == list(range(seeds[0], seeds[0] + episodes)):
+        obs, _ = envs.reset(seed=seeds[0])
+    else:
+        obs, _ = envs.reset(seed=np.asarray(seeds) if env_cfg.kind == "atari" else seeds)
     returns = np.zeros(episodes)
     done = np.zeros(episodes, dtype=np.bool_)
     steps = 0
