@@ -3,6 +3,7 @@ final and best, loaded with mlflow.pyfunc.load_model, acting as the agent in mem
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -128,3 +129,36 @@ def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(Exception, match="weights.pt: its SHA-256 is not the one recorded"):
         mlflow.pyfunc.load_model(f"models:/{ids['final']}")
+
+
+def test_a_q_learning_run_and_its_model_never_import_torch(tmp_path):
+    # PyTorch takes about a second to import, in a sweep's driver and in each worker: a
+    # Q-learning trial (config, training, its models logged and loaded) must not pay it.
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import mlflow, numpy as np
+from mlflow import MlflowClient
+import pipelines.sweep, pipelines.trial, pipelines.report, pipelines.evaluate
+from algos.registry import get_algorithm
+from pipelines.config import load
+from pipelines.models import load_logged_agent, log_agents
+from pipelines.tracking import RunLogger
+composed = load({ALGOS["q_learning"] + ["seed=0"]!r})
+cfg = composed.cfg
+result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed)
+uri = "sqlite:///{tmp_path / 'mlflow.db'}"
+client = MlflowClient(uri)
+run = client.create_run(client.create_experiment("m"))
+ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed, final_step=1)
+agent, _ = load_logged_agent("models:/" + ids["best"], uri)
+mlflow.pyfunc.load_model("models:/" + ids["best"]).predict(np.arange(4))
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items()
+                                           if k != "MLFLOW_TRACKING_URI"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout[-2000:]
