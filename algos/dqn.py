@@ -31,12 +31,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.configs import DQNConfig
-from algos.core.agents import Best, NetworkAgent, NetworkResult
+from algos.core.agents import Best, NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
-from algos.core.networks import NetworkFactory, check_box_discrete, is_image, resolve_device
+from algos.core.networks import (
+    NetworkFactory,
+    check_box_discrete,
+    cpu_weights,
+    is_image,
+    resolve_device,
+)
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.schedules import linear
@@ -228,11 +234,6 @@ def check_stats(step: int, stats: torch.Tensor) -> None:
         check_finite(step, {"loss/td": loss, "train/q_mean": q})
 
 
-def cpu_weights(net: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights, for the workers."""
-    return {k: t.detach().to("cpu", copy=True) for k, t in net.state_dict().items()}
-
-
 @torch.no_grad()
 def evaluate(
     net: nn.Module, env_cfg: EnvConfig, seeds: Sequence[int], cfg: DQNConfig
@@ -253,7 +254,7 @@ def evaluate(
     was_training = net.training
     net.eval()
     try:
-        return play_episodes(env_cfg, len(seeds), seeds, act)
+        return play_episodes(env_cfg, seeds, act)
     finally:
         net.train(was_training)
 
@@ -414,6 +415,5 @@ def train(
                 watch.lap()
     finally:
         pool.close()
-    example = np.stack([np.asarray(pool.obs_space.sample()) for _ in range(2)])
-    final = NetworkAgent.of(online, factory, pool.obs_space, int(pool.action_space.n))
-    return DQNResult(final=final, metrics=metrics, best=best, example=example)
+    return DQNResult.of(online, factory, pool.obs_space, int(pool.action_space.n), metrics,
+                        best)

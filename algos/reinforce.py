@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from algos.configs import ReinforceConfig
-from algos.core.agents import Best, NetworkAgent, NetworkResult
+from algos.core.agents import Best, NetworkResult
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
-from algos.core.networks import NetworkFactory, check_box_discrete, resolve_device
+from algos.core.networks import NetworkFactory, check_box_discrete, cpu_weights, resolve_device
 from algos.core.reporting import NullReporter, Reporter
 from algos.core.timing import Stopwatch
 from algos.core.workers import WorkerPool
@@ -105,7 +105,7 @@ def evaluate(
         probs = torch.softmax(logits, 1)
         return torch.multinomial(probs, 1, generator=gen).squeeze(1).numpy()
 
-    return play_episodes(env_cfg, len(seeds), seeds, act, cfg.max_steps)
+    return play_episodes(env_cfg, seeds, act, cfg.max_steps)
 
 
 def train(
@@ -145,7 +145,7 @@ def train(
     try:
         while episode < cfg.episodes:
             m = min(cfg.episodes_per_update, cfg.episodes - episode)
-            pool.set_weights({k: t.detach().cpu() for k, t in policy.state_dict().items()})
+            pool.set_weights(cpu_weights(policy))
             batches = pool.sample_episodes(m, cfg.max_steps)
             eps = [ep for b in batches for ep in b]
             sources.append(len([b for b in batches if b]))
@@ -181,11 +181,10 @@ def train(
                     "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
                     "perf/updates_per_s": len(losses) / seconds if seconds else 0.0,
                 }
-                best.offer(mean - std, env_steps, lambda: {
-                    k: t.detach().to("cpu", copy=True) for k, t in policy.state_dict().items()})
+                best.offer(mean - std, env_steps, lambda: cpu_weights(policy))
                 checkpoint = {
                     "best": best.state(),
-                    "policy": {k: t.detach().cpu() for k, t in policy.state_dict().items()},
+                    "policy": cpu_weights(policy),
                     "optimizer": optimizer.state_dict(),
                     "episode": episode, "env_steps": env_steps, "updates": updates,
                     "worker_restarts": pool.restarts,
@@ -199,6 +198,5 @@ def train(
                 watch.lap()
     finally:
         pool.close()
-    example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])
-    final = NetworkAgent.of(policy, factory, obs_space, int(pool.action_space.n))
-    return ReinforceResult(final=final, metrics=metrics, best=best, example=example)
+    return ReinforceResult.of(policy, factory, obs_space, int(pool.action_space.n), metrics,
+                              best)

@@ -235,6 +235,14 @@ class NetworkResult:
     example: np.ndarray | None = None
     """A batch of observations the agents take (for model signatures)."""
 
+    @classmethod
+    def of(cls, net, factory, obs_space, n_actions: int, metrics: dict[str, float],
+           best: Best) -> NetworkResult:
+        """The result of a run whose network ended as `net`; two observations sampled
+        from `obs_space` are the example batch."""
+        example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])
+        return cls(NetworkAgent.of(net, factory, obs_space, n_actions), metrics, best, example)
+
     @property
     def network(self):
         """The final network (CPU)."""

@@ -88,6 +88,12 @@ def check_box_discrete(env: gym.Env, who: str) -> None:
         raise ValueError(f"{who} needs Box observations; the env has {env.observation_space}")
 
 
+def cpu_weights(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights (for rollout workers, checkpoints and the best agent: the
+    live network trains on)."""
+    return {k: t.detach().to("cpu", copy=True) for k, t in net.state_dict().items()}
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' is CUDA when there is one, else the CPU."""
     if device == "auto":
