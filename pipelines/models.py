@@ -71,7 +71,7 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
         if name == "best" and same:  # the last evaluation was the best: one model
             ids["best"] = ids["final"]
             continue
-        step = max(0, int(about[name]["step"] or 0))
+        step = int(about[name]["step"])
         model = client.create_logged_model(run.info.experiment_id, name=name,
                                            source_run_id=logger.run_id,
                                            params=run.data.params, tags={"rlpipe.model": name})
@@ -183,8 +183,7 @@ def play(agent, manifest: dict[str, Any], episodes: int | None = None, seed: int
     evaluation = manifest["evaluation"]
     seeds = list(range(seed, seed + episodes)) if episodes else list(evaluation["seeds"])
     env_cfg = EnvConfig(**manifest["env"])
-    mean, std, returns = play_episodes(env_cfg, len(seeds), seeds, agent.act,
-                                       evaluation.get("max_steps"))
+    mean, std, returns = play_episodes(env_cfg, seeds, agent.act, evaluation.get("max_steps"))
     out = {"episodes": len(returns), "mean_return": mean, "std_return": std,
            "score": mean - std, "seeds": seeds}
     if video is not None:
@@ -244,6 +243,7 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
                                           run_id=source_run_id, model_id=model_id).version
     challenger, manifest = load_logged_agent(f"models:/{model_id}", tracking_uri)
     new = play(challenger, manifest)["score"]
+    client.set_model_version_tag(name, str(version), "eval/score", str(new))
     out = {"name": name, "version": str(version), "score": new, "champion_score": None}
     try:
         holder = client.get_model_version_by_alias(name, CHAMPION)
@@ -256,9 +256,7 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
         out["champion_version"] = str(holder.version)
         if not new > old:
             out["moved"] = False
-            client.set_model_version_tag(name, str(version), "eval/score", str(new))
             return out
     client.set_registered_model_alias(name, CHAMPION, str(version))
-    client.set_model_version_tag(name, str(version), "eval/score", str(new))
     out["moved"] = True
     return out

@@ -48,8 +48,8 @@ def test_evaluation_plays_whole_games():
         rng = np.random.default_rng(0)
         return lambda obs: rng.integers(4, size=len(obs))
 
-    lives_config = play_episodes(BREAKOUT, 2, 7, random_player())
-    whole = play_episodes(full, 2, 7, random_player())
+    lives_config = play_episodes(BREAKOUT, [7, 8], random_player())
+    whole = play_episodes(full, [7, 8], random_player())
     assert lives_config == whole
 
 
@@ -63,8 +63,8 @@ def test_atari_evaluation_takes_any_seeds_one_per_game():
         return (obs.reshape(len(obs), -1).sum(1) % 4).astype(np.int64)
 
     seeds = [9, 4, 2]  # first 400 steps: 0, 2 and 0 points
-    together = play_episodes(full, 3, seeds, player, max_steps=400)[2]
-    alone = [play_episodes(full, 1, [seed], player, max_steps=400)[2][0] for seed in seeds]
+    together = play_episodes(full, seeds, player, max_steps=400)[2]
+    alone = [play_episodes(full, [seed], player, max_steps=400)[2][0] for seed in seeds]
     assert together == alone and len(set(together)) == 2
 
 

@@ -31,22 +31,18 @@ class SeedRange:
 
 def play_episodes(
     env_cfg: EnvConfig,
-    episodes: int,
-    seed: int | Sequence[int],
+    seeds: Sequence[int],
     act: Callable[[np.ndarray], np.ndarray],
     max_steps: int | None = None,
 ) -> tuple[float, float, list[float]]:
-    """One episode per env of a vector env, whole games (a life lost does not end one),
-    reset with seeds seed..seed+episodes-1 (or the given list of seeds, one per episode),
-    actions from `act(observations)`; steps after an env's episode ended do not count.
-    Returns (mean, std, returns)."""
-    seeds = list(seed) if isinstance(seed, Sequence) else list(range(seed, seed + episodes))
-    if len(seeds) != episodes:
-        raise ValueError(f"{len(seeds)} seeds for {episodes} episodes")
+    """One episode per reset seed, side by side in one vector env, whole games (a life
+    lost does not end one), actions from `act(observations)`; steps after an env's
+    episode ended do not count. Returns (mean, std, returns)."""
+    seeds = [int(s) for s in seeds]
+    episodes = len(seeds)
     envs = make_vector_env(env_cfg.full_games(), episodes)  # evaluation: whole games
     # Contiguous seeds as the first one (env i resets with seed + i), others one per env:
     # ale-py's vector env takes them as an array, gymnasium's as a list of ints.
-    seeds = [int(s) for s in seeds]
     if seeds == list(range(seeds[0], seeds[0] + episodes)):
         obs, _ = envs.reset(seed=seeds[0])
     else:
