@@ -160,11 +160,11 @@ class TrialReporter:
         self.outage_since: float | None = None
         self.last_checkpoint = self.last_flush = time.monotonic()
         self.seconds = {"tracking": 0.0, "checkpoint": 0.0, "report_wait": 0.0}
+        """Where the trial's time outside training went: MLflow writes, checkpoints (saved
+        and handed to Tune), waiting in tune.report for the driver to take a result."""
         self.last_step = 0
         """The step of the newest report (a resumed run's: its checkpoint's, until it
         reports)."""
-        """Where the trial's time outside training went: MLflow writes, checkpoints (saved
-        and handed to Tune), waiting in tune.report for the driver to take a result."""
 
     def flush(self) -> bool:
         """Write the buffered points; True when none is left. A tracking outage keeps them

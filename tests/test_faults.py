@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -263,3 +264,18 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
         assert len(returns) == len({m.step for m in returns}) == 20 * 200
     finally:
         server.stop()
+
+
+def test_a_checkpoint_carries_its_report_step(tmp_path):
+    # A trial resumed from its last checkpoint reports no more: its final model is
+    # stepped at the checkpoint's report step, which the checkpoint carries beside the
+    # algorithm's state (a checkpoint from before it was recorded reads as step 0).
+    from pipelines.trial import STEP_FILE, load_state, save_state
+
+    state = {"q_table": np.arange(6.0).reshape(2, 3), "episode": 40}
+    save_state(state, tmp_path, step=12_345)
+    loaded, step = load_state(tmp_path)
+    assert step == 12_345 and loaded["episode"] == 40
+    assert np.array_equal(loaded["q_table"], state["q_table"])
+    (tmp_path / STEP_FILE).unlink()
+    assert load_state(tmp_path)[1] == 0
