@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from algos.core import validation as v
 from algos.core.evaluation import SeedRange
+from algos.core.validation import ConfigValueError, at_least, in_range, one_of, positive
 
 
 @dataclass
@@ -42,14 +42,14 @@ class QLearningConfig:
     """Episodes between reports (metrics, evaluation and a checkpoint)."""
 
     def __post_init__(self) -> None:
-        v.at_least(self, "episodes", 1)
-        v.positive(self, "lr", "max_steps", "eval_episodes", "report_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        at_least(self, "episodes", 1)
+        positive(self, "lr", "max_steps", "eval_episodes", "report_every")
+        in_range(self, "gamma", 0.0, 1.0, low_open=True)
         for key in ("epsilon_start", "epsilon_end"):
-            v.in_range(self, key, 0.0, 1.0)
-        v.at_least(self, "epsilon_decay", 0.0)
+            in_range(self, key, 0.0, 1.0)
+        at_least(self, "epsilon_decay", 0.0)
         if self.eval_seeds is not None and len(self.eval_seeds) != self.eval_episodes:
-            raise v.ConfigValueError(
+            raise ConfigValueError(
                 "eval_seeds",
                 f"<{len(self.eval_seeds)} seeds>",
                 f"must hold eval_episodes={self.eval_episodes} seeds, one per episode",
@@ -141,27 +141,27 @@ class DQNConfig(SeedRange):
     """Rollout workers that may die in a run and be replaced in place; one more fails it."""
 
     def __post_init__(self) -> None:
-        v.positive(self, "total_steps", "buffer_size", "lr", "batch_size", "train_freq",
+        positive(self, "total_steps", "buffer_size", "lr", "batch_size", "train_freq",
                    "gradient_steps", "target_update_interval", "envs_per_worker",
                    "eval_episodes", "eval_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
-        v.at_least(self, "learning_starts", 0)
-        v.at_least(self, "num_rollout_workers", 0)
-        v.at_least(self, "rollout_steps", 0)
-        v.at_least(self, "max_worker_restarts", 0)
+        in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        at_least(self, "learning_starts", 0)
+        at_least(self, "num_rollout_workers", 0)
+        at_least(self, "rollout_steps", 0)
+        at_least(self, "max_worker_restarts", 0)
         for key in ("exploration_fraction", "epsilon_start", "epsilon_end", "eval_epsilon"):
-            v.in_range(self, key, 0.0, 1.0)
-        v.one_of(self, "loss", ("huber", "mse"))
-        v.one_of(self, "network", ("auto", "mlp", "cnn"))
+            in_range(self, key, 0.0, 1.0)
+        one_of(self, "loss", ("huber", "mse"))
+        one_of(self, "network", ("auto", "mlp", "cnn"))
         if self.max_grad_norm is not None:
-            v.positive(self, "max_grad_norm")
+            positive(self, "max_grad_norm")
         if self.lr_end is not None:
-            v.at_least(self, "lr_end", 0.0)
+            at_least(self, "lr_end", 0.0)
         if self.batch_size > self.buffer_size:
-            raise v.ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
+            raise ConfigValueError("batch_size", self.batch_size, "must be <= buffer_size")
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
-        v.one_of(self, "replay_device", ("cpu", "learner"))
+            raise ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
+        one_of(self, "replay_device", ("cpu", "learner"))
 
 
 @dataclass
@@ -206,11 +206,11 @@ class ReinforceConfig(SeedRange):
     """Rollout workers that may die in a run and be replaced in place; one more fails it."""
 
     def __post_init__(self) -> None:
-        v.positive(self, "episodes", "episodes_per_update", "lr", "max_steps",
+        positive(self, "episodes", "episodes_per_update", "lr", "max_steps",
                    "envs_per_worker", "eval_episodes", "eval_every")
-        v.in_range(self, "gamma", 0.0, 1.0, low_open=True)
-        v.at_least(self, "num_rollout_workers", 0)
-        v.at_least(self, "max_worker_restarts", 0)
-        v.one_of(self, "network", ("auto", "mlp", "cnn"))
+        in_range(self, "gamma", 0.0, 1.0, low_open=True)
+        at_least(self, "num_rollout_workers", 0)
+        at_least(self, "max_worker_restarts", 0)
+        one_of(self, "network", ("auto", "mlp", "cnn"))
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise v.ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
+            raise ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from algos.configs import DQNConfig
-from algos.core.agents import Best, NetworkResult
+from algos.core import metrics as m
+from algos.core.agents import NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
@@ -44,13 +45,9 @@ from algos.core.networks import (
     resolve_device,
 )
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
-from algos.core.reporting import NullReporter, Reporter
+from algos.core.reporting import Reporter, Reports
 from algos.core.schedules import linear
-from algos.core.timing import Stopwatch
 from algos.core.workers import WorkerPool
-
-DQNResult = NetworkResult
-"""What a finished run leaves: the online network as an agent, its metrics, its best."""
 
 
 def check_spaces(env) -> None:
@@ -153,20 +150,20 @@ def train_phase(
     return torch.stack(out)
 
 
-def learn(
-    online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, buffer,
+def update(
+    online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, memory,
     n_updates: int, cfg: DQNConfig, device: torch.device, graphed: GraphedStep | None = None,
 ) -> torch.Tensor:
     """`n_updates` gradient steps on minibatches from the replay memory, drawn a phase at
     a time (the memory does not change within a phase, so this is the same distribution
     as one draw per step), phases of at most PHASE_BYTES of observations: the (n_updates,
     2) losses and mean Qs of train_phase."""
-    obs_bytes = 2 * buffer.obs_nbytes
+    obs_bytes = 2 * memory.obs_nbytes
     most = max(1, PHASE_BYTES // (cfg.batch_size * obs_bytes))
     out = []
     for first in range(0, n_updates, most):
         n = min(most, n_updates - first)
-        phase = to_tensors(buffer.sample(cfg.batch_size * n), device, cfg.clip_rewards)
+        phase = to_tensors(memory.sample(cfg.batch_size * n), device, cfg.clip_rewards)
         out.append(train_phase(online, target, optimizer, phase, n, cfg, graphed))
     return torch.cat(out)
 
@@ -226,12 +223,12 @@ def to_tensors(batch: Batch, device: torch.device, clip: bool) -> dict[str, torc
 
 def check_stats(step: int, stats: torch.Tensor) -> None:
     """Stop at once (NonFiniteError) when a step's loss or mean Q is NaN or infinite: the
-    (n, 2) stats of learn(). One device sync, which the weights' copy right after needs
+    (n, 2) stats of update(). One device sync, which the weights' copy right after needs
     anyway."""
     finite = torch.isfinite(stats).all(1)
     if not bool(finite.all()):
         loss, q = stats[~finite][0].tolist()
-        check_finite(step, {"loss/td": loss, "train/q_mean": q})
+        check_finite(step, {m.TD_LOSS: loss, m.Q_MEAN: q})
 
 
 @torch.no_grad()
@@ -270,9 +267,11 @@ def replay_nbytes(cfg: DQNConfig, obs_space) -> tuple[int, int]:
     CPU learner), the rest stays in host memory."""
     n_envs = replay_envs(cfg)
     if cfg.frame_memory and is_image(obs_space):
-        frames, books = FrameReplayBuffer.planned_nbytes(
+        frames, bookkeeping = FrameReplayBuffer.planned_nbytes(
             cfg.buffer_size, obs_space.shape[1:], obs_space.shape[0], n_envs, obs_space.dtype)
-        return (books, frames) if cfg.replay_device == "learner" else (frames + books, 0)
+        if cfg.replay_device == "learner":
+            return bookkeeping, frames
+        return frames + bookkeeping, 0
     return ReplayBuffer.planned_nbytes(cfg.buffer_size, obs_space.shape, obs_space.dtype,
                                        n_envs), 0
 
@@ -290,130 +289,147 @@ def make_buffer(cfg: DQNConfig, obs_space, n_envs: int, seed: int,
                         seed=seed)
 
 
+class Learner:
+    """The learning side of a DQN run: the online and target networks, Adam, the replay
+    memory, and the counters a checkpoint carries."""
+
+    def __init__(self, cfg: DQNConfig, obs_space, action_space, factory: NetworkFactory,
+                 seed: int, state: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.obs_space = obs_space
+        self.online = factory(obs_space, action_space).to(self.device)
+        self.target = copy.deepcopy(self.online)
+        self.graphs = uses_cuda_graph(cfg, self.device)
+        self.graphed: GraphedStep | None = None  # captured at the first update
+        self.optimizer = make_optimizer(self.online, cfg.lr, self.device,
+                                        capturable=self.graphs)
+        self.memory = make_buffer(cfg, obs_space, replay_envs(cfg), seed, self.device)
+        self.env_steps = self.updates = self.last_sync = 0
+        self.learn_from = cfg.learning_starts
+        """The env step from which the learner updates."""
+        self.learning = False
+        self.owed = 0.0
+        """Updates owed to the env steps sampled so far (gradient_steps per train_freq)."""
+        self.stats = torch.zeros(2, device=self.device)
+        """Loss and mean Q summed over the updates since the last report."""
+        self.stats_count = 0
+        if state is not None:
+            self.load_state_dict(state)
+
+    def epsilon(self) -> float:
+        """The exploration rate at this env step: linear over exploration_fraction."""
+        cfg = self.cfg
+        return linear(self.env_steps, cfg.epsilon_start, cfg.epsilon_end,
+                      int(cfg.exploration_fraction * cfg.total_steps))
+
+    def store(self, batch: Mapping[str, Any]) -> None:
+        """A batch of transitions from the rollout workers into the replay memory."""
+        self.memory.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
+                        batch["next_obs"], batch["terminated"], batch["truncated"],
+                        batch["episode_starts"], batch.get("first_frames"))
+        self.env_steps += batch["steps"]
+
+    def take_updates(self, new_steps: int) -> int:
+        """The gradient steps `new_steps` more env steps pay for, once learning has
+        started, then the target network's copy when one is due: the updates taken."""
+        cfg = self.cfg
+        # Once learning starts it goes on (len() of the frame memory is not free).
+        self.learning = self.learning or (self.env_steps >= self.learn_from
+                                          and len(self.memory) >= cfg.batch_size)
+        if not self.learning:
+            return 0
+        self.owed += new_steps * cfg.gradient_steps / cfg.train_freq
+        n_updates = int(self.owed)
+        self.owed -= n_updates
+        if n_updates:
+            if self.graphs and self.graphed is None:
+                self.graphed = capture_step(self.online, self.target, self.optimizer, cfg,
+                                            self.obs_space, self.device)
+            if cfg.lr_end is not None:
+                set_lr(self.optimizer, linear(self.env_steps, cfg.lr, cfg.lr_end,
+                                              cfg.total_steps))
+            stats = update(self.online, self.target, self.optimizer, self.memory, n_updates,
+                           cfg, self.device, self.graphed)
+            check_stats(self.env_steps, stats)
+            self.stats += stats.sum(0)
+            self.stats_count += n_updates
+            self.updates += n_updates
+        if self.env_steps - self.last_sync >= cfg.target_update_interval:
+            self.target.load_state_dict(self.online.state_dict())
+            self.last_sync = self.env_steps
+        return n_updates
+
+    def metrics(self) -> dict[str, float]:
+        """The learner's metrics since the last call: the mean loss and Q of its updates
+        (when it took any), and the updates so far."""
+        out = {m.UPDATES: float(self.updates)}
+        if self.stats_count:
+            out[m.TD_LOSS], out[m.Q_MEAN] = (self.stats / self.stats_count).tolist()
+        self.stats, self.stats_count = torch.zeros(2, device=self.device), 0
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The networks, the optimizer, the counters, and the replay memory with
+        checkpoint_replay."""
+        return {
+            "online": cpu_weights(self.online), "target": cpu_weights(self.target),
+            "optimizer": self.optimizer.state_dict(),
+            "env_steps": self.env_steps, "updates": self.updates, "last_sync": self.last_sync,
+            "replay": self.memory.state_dict() if self.cfg.checkpoint_replay else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from state_dict(); without a saved memory, refill it for
+        learning_starts env steps before updating again."""
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.env_steps, self.updates = state["env_steps"], state["updates"]
+        self.last_sync = state["last_sync"]
+        if state.get("replay") is not None:
+            self.memory.load_state_dict(state["replay"])
+        else:
+            self.learn_from = self.env_steps + self.cfg.learning_starts
+
+
 def train(
     cfg: DQNConfig,
     env_cfg: EnvConfig,
     seed: int,
     reporter: Reporter | None = None,
     state: Mapping[str, Any] | None = None,
-) -> DQNResult:
+) -> NetworkResult:
     """Train a Q-network; continue from a checkpoint `state` when one is given."""
-    reporter = reporter or NullReporter()
     torch.manual_seed(seed)
-    device = resolve_device(cfg.device)
     factory = network_factory(cfg)
-    # A resumed run's workers start new streams (seeded by where it resumes), not replays.
-    pool = WorkerPool(env_cfg, cfg.num_rollout_workers, cfg.envs_per_worker, factory, seed,
-                      start=state["env_steps"] if state else 0,
-                      max_restarts=cfg.max_worker_restarts)
-    online = factory(pool.obs_space, pool.action_space).to(device)
-    target = copy.deepcopy(online)
-    graphs = uses_cuda_graph(cfg, device)
-    optimizer = make_optimizer(online, cfg.lr, device, capturable=graphs)
-    buffer = make_buffer(cfg, pool.obs_space, replay_envs(cfg), seed, device)
-    graphed = None
-    env_steps = updates = last_sync = 0
-    next_eval, eval_seeds = cfg.eval_every, cfg.evaluation_seeds()
-    learn_from = cfg.learning_starts  # env step from which the learner trains
-    best = Best()
-    if state is not None:
-        online.load_state_dict(state["online"])
-        target.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        env_steps, updates, last_sync = state["env_steps"], state["updates"], state["last_sync"]
-        next_eval = state["next_eval"]
-        pool.restarts = state.get("worker_restarts", 0)
-        best = Best.restore(state.get("best"))
-        if state.get("replay") is not None:
-            buffer.load_state_dict(state["replay"])
-        else:  # an empty memory: refill it as at the start before learning again
-            learn_from = env_steps + cfg.learning_starts
-    decay_steps = int(cfg.exploration_fraction * cfg.total_steps)
-    step_chunk = request_steps(cfg)
-    updates_per_step = cfg.gradient_steps / cfg.train_freq
-    owed = 0.0
-    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
-    stats_sum = torch.zeros(2, device=device)  # loss, mean Q summed over the updates
-    watch = Stopwatch()
-    steps_since, updates_since = 0, 0
-    metrics: dict[str, float] = {}
+    pool = WorkerPool.for_run(env_cfg, cfg, factory, seed, state, "env_steps")
+    learner = Learner(cfg, pool.obs_space, pool.action_space, factory, seed, state)
+    eval_seeds = cfg.evaluation_seeds()
+    reports = Reports(reporter, cfg.eval_every, cfg.total_steps,
+                      evaluate=lambda: evaluate(learner.online, env_cfg, eval_seeds, cfg),
+                      weights=lambda: cpu_weights(learner.online),
+                      position=learner.env_steps, state=state)
     # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
     frames_only = cfg.frame_memory and is_image(pool.obs_space)
-    pool.set_weights(cpu_weights(online))
-    learning = False
+    pool.set_weights(cpu_weights(learner.online))
     try:
-        while env_steps < cfg.total_steps:
-            epsilon = linear(env_steps, cfg.epsilon_start, cfg.epsilon_end, decay_steps)
-            batch = pool.sample(step_chunk, epsilon, frames_only)
-            buffer.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
-                       batch["next_obs"], batch["terminated"], batch["truncated"],
-                       batch["episode_starts"], batch.get("first_frames"))
-            for ret, _length, at, ended_at in batch["episodes"]:
-                returns.append((env_steps + at, ret, ended_at))
-            env_steps += batch["steps"]
-            steps_since += batch["steps"]
-            # Once learning starts it goes on (len() of the frame memory is not free).
-            learning = learning or (env_steps >= learn_from and len(buffer) >= cfg.batch_size)
-            if learning:
-                owed += batch["steps"] * updates_per_step
-                n_updates = int(owed)
-                owed -= n_updates
-                if n_updates and graphs and graphed is None:
-                    graphed = capture_step(online, target, optimizer, cfg, pool.obs_space,
-                                           device)
-                if n_updates and cfg.lr_end is not None:
-                    set_lr(optimizer, linear(env_steps, cfg.lr, cfg.lr_end, cfg.total_steps))
-                if n_updates:
-                    stats = learn(online, target, optimizer, buffer, n_updates, cfg, device,
-                                  graphed)
-                    check_stats(env_steps, stats)
-                    stats_sum = stats_sum + stats.sum(0)
-                updates += n_updates
-                updates_since += n_updates
-                if n_updates:
-                    pool.set_weights(cpu_weights(online))
-                if env_steps - last_sync >= cfg.target_update_interval:
-                    target.load_state_dict(online.state_dict())
-                    last_sync = env_steps
-            final = env_steps >= cfg.total_steps
-            if env_steps >= next_eval or final:
-                seconds = watch.lap()
-                mean, std, _ = evaluate(online, env_cfg, eval_seeds, cfg)
-                metrics = {
-                    "train/epsilon": epsilon,
-                    "eval/mean_return": mean,
-                    "eval/std_return": std,
-                    "eval/score": mean - std,
-                    "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
-                    "perf/updates_per_s": updates_since / seconds if seconds else 0.0,
-                    "train/updates": float(updates),
-                    "train/worker_restarts": float(pool.restarts),
-                }
-                if updates_since:
-                    loss_q = (stats_sum / updates_since).tolist()
-                    metrics["loss/td"], metrics["train/q_mean"] = loss_q
-                if returns:
-                    metrics["train/episode_return_mean"] = float(
-                        np.mean([r[1] for r in returns]))
-                best.offer(mean - std, env_steps, lambda: cpu_weights(online))
-                checkpoint = {
-                    "online": cpu_weights(online),
-                    "target": cpu_weights(target),
-                    "best": best.state(),
-                    "optimizer": optimizer.state_dict(),
-                    "env_steps": env_steps, "updates": updates, "last_sync": last_sync,
-                    "next_eval": next_eval + cfg.eval_every,
-                    "worker_restarts": pool.restarts,
-                    "replay": buffer.state_dict() if cfg.checkpoint_replay else None,
-                }
-                reporter.report(env_steps, metrics, history={"train/episode_return": returns},
-                                state=checkpoint, final=final)
-                while next_eval <= env_steps:
-                    next_eval += cfg.eval_every
-                returns, stats_sum = [], torch.zeros(2, device=device)
-                steps_since = updates_since = 0
-                watch.lap()
+        while learner.env_steps < cfg.total_steps:
+            epsilon = learner.epsilon()
+            batch = pool.sample(request_steps(cfg), epsilon, frames_only)
+            for episode_return, _, at, ended_at in batch["episodes"]:
+                reports.episode(learner.env_steps + at, episode_return, ended_at)
+            learner.store(batch)
+            updates = learner.take_updates(batch["steps"])
+            if updates:
+                pool.set_weights(cpu_weights(learner.online))
+            reports.count(learner.env_steps, learner.env_steps, batch["steps"], updates)
+            if reports.due(learner.env_steps):
+                reports.report(learner.env_steps, learner.env_steps, {
+                    **learner.metrics(), m.EPSILON: epsilon,
+                    m.WORKER_RESTARTS: float(pool.restarts),
+                }, {**learner.state_dict(), "worker_restarts": pool.restarts})
     finally:
         pool.close()
-    return DQNResult.of(online, factory, pool.obs_space, int(pool.action_space.n), metrics,
-                        best)
+    return NetworkResult.of(learner.online, factory, pool.obs_space,
+                            int(pool.action_space.n), reports.metrics, reports.best)

@@ -10,7 +10,6 @@ Evaluation plays the greedy policy on fixed reset seeds and scores mean - std.
 A run is a function of (config, env config, seed): the same seed gives the same table.
 """
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +18,13 @@ import gymnasium as gym
 import numpy as np
 
 from algos.configs import QLearningConfig
-from algos.core.agents import Best, TableAgent
+from algos.core import metrics as m
+from algos.core.agents import TableAgent
 from algos.core.envs import EnvConfig, make_env
 from algos.core.finite import check_finite
-from algos.core.reporting import NullReporter, Reporter
+from algos.core.reporting import BestEvaluation, Reporter, Reports
 from algos.core.rng import generator_state, set_generator_state
 from algos.core.schedules import exponential_epsilon
-from algos.core.timing import Stopwatch
 
 
 @dataclass
@@ -35,7 +34,7 @@ class QLearningResult:
 
     q_table: np.ndarray
     metrics: dict[str, float] = field(default_factory=dict)
-    best: Best = field(default_factory=Best)
+    best: BestEvaluation = field(default_factory=BestEvaluation)
 
     def agents(self) -> dict[str, TableAgent]:
         """The final and the best agent."""
@@ -112,6 +111,60 @@ def td_update(
     return error
 
 
+class TabularRun:
+    """What a Q-learning run holds between episodes: the table (lists of floats: a row's
+    max and index are faster on lists than on numpy for one state at a time), the env,
+    its generators, the counters."""
+
+    def __init__(self, env_cfg: EnvConfig, max_steps: int, seed: int,
+                 state: Mapping[str, Any] | None = None) -> None:
+        self.env = make_env(env_cfg)
+        n_states, self.n_actions = check_spaces(self.env)
+        self.step_env, self.cap = fast_steps(self.env, max_steps)
+        self.rng = np.random.default_rng(seed)
+        self.env.reset(seed=seed)  # seeds the env's generator; each episode resets again
+        self.table = [[0.0] * self.n_actions for _ in range(n_states)]
+        self.episode = self.env_steps = 0
+        if state is not None:
+            self.table = np.asarray(state["q_table"], dtype=np.float64).tolist()
+            self.episode, self.env_steps = int(state["episode"]), int(state["env_steps"])
+            set_generator_state(self.rng, state["rng"])
+            set_generator_state(self.env.unwrapped.np_random, state["env_rng"])
+
+    def q_table(self) -> np.ndarray:
+        """The table as an array (a copy)."""
+        return np.asarray(self.table)
+
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to continue exactly where this run is."""
+        return {"q_table": self.q_table(), "episode": self.episode,
+                "env_steps": self.env_steps, "rng": generator_state(self.rng),
+                "env_rng": generator_state(self.env.unwrapped.np_random)}
+
+    def play_episode(self, epsilon: float, lr: float, gamma: float) -> tuple[float, int, float]:
+        """One training episode, epsilon-greedy, with a TD update after every step:
+        (its return, its steps, the sum of its squared TD errors)."""
+        table, step = self.table, self.step_env
+        explore = (self.rng.random(self.cap) <= epsilon).tolist()
+        random_actions = self.rng.integers(self.n_actions, size=self.cap).tolist()
+        s, _ = self.env.reset()
+        total = sq_td = 0.0
+        steps = 0
+        for t in range(self.cap):
+            a = random_actions[t] if explore[t] else greedy_action(table[s])
+            s2, r, terminated, truncated, _ = step(a)
+            error = td_update(table, s, a, r, s2, terminated, lr, gamma)
+            sq_td += error * error
+            total += r
+            steps += 1
+            if terminated or truncated:
+                break
+            s = s2
+        self.episode += 1
+        self.env_steps += steps
+        return float(total), steps, sq_td
+
+
 def train(
     cfg: QLearningConfig,
     env_cfg: EnvConfig,
@@ -120,86 +173,28 @@ def train(
     state: Mapping[str, Any] | None = None,
 ) -> QLearningResult:
     """Train a Q-table; continue from a checkpoint `state` when one is given."""
-    reporter = reporter or NullReporter()
-    env = make_env(env_cfg)
-    n_states, n_actions = check_spaces(env)
-    step, cap = fast_steps(env, cfg.max_steps)
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)  # seeds the env's own generator; each episode resets again below
-    if state is None:
-        table = [[0.0] * n_actions for _ in range(n_states)]
-        episode = env_steps = 0
-        best = Best()
-    else:
-        table = np.asarray(state["q_table"], dtype=np.float64).tolist()
-        episode, env_steps = int(state["episode"]), int(state["env_steps"])
-        set_generator_state(rng, state["rng"])
-        set_generator_state(env.unwrapped.np_random, state["env_rng"])
-        best = Best.restore(state.get("best"))
-    lr, gamma = cfg.lr, cfg.gamma
+    run = TabularRun(env_cfg, cfg.max_steps, seed, state)
     eval_seeds = cfg.evaluation_seeds()
-    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
-    sq_td_sum, updates = 0.0, 0
-    watch = Stopwatch()
-    metrics: dict[str, float] = {}
-    while episode < cfg.episodes:
-        epsilon = exponential_epsilon(
-            episode, cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay
-        )
-        explore = (rng.random(cap) <= epsilon).tolist()
-        random_actions = rng.integers(n_actions, size=cap).tolist()
-        s, _ = env.reset()
-        total = 0.0
-        for t in range(cap):
-            a = random_actions[t] if explore[t] else greedy_action(table[s])
-            s2, r, terminated, truncated, _ = step(a)
-            error = td_update(table, s, a, r, s2, terminated, lr, gamma)
-            sq_td_sum += error * error
-            total += r
-            if terminated or truncated:
-                t += 1
-                break
-            s = s2
-        else:
-            t = cap
-        env_steps += t
-        updates += t
-        episode += 1
-        returns.append((env_steps, float(total), time.time()))
-        if episode % cfg.report_every == 0 or episode == cfg.episodes:
-            seconds = watch.lap()
-            q = np.asarray(table)
-            mean, std, _ = evaluate(q, env_cfg, eval_seeds, cfg)
-            metrics = {
-                "train/env_steps": float(env_steps),
-                "train/episodes": float(episode),
-                "train/epsilon": epsilon,
-                "train/q_mean": float(q.mean()),
-                "loss/td": sq_td_sum / max(updates, 1),
-                "eval/mean_return": mean,
-                "eval/std_return": std,
-                "eval/score": mean - std,
-                "perf/env_steps_per_s": updates / seconds if seconds > 0 else 0.0,
-                "perf/updates_per_s": updates / seconds if seconds > 0 else 0.0,
-            }
-            check_finite(env_steps, {k: metrics[k] for k in ("loss/td", "train/q_mean")})
-            best.offer(mean - std, env_steps, q.copy)
-            checkpoint = {
-                "q_table": q,
-                "best": best.state(),
-                "episode": episode,
-                "env_steps": env_steps,
-                "rng": generator_state(rng),
-                "env_rng": generator_state(env.unwrapped.np_random),
-            }
-            reporter.report(
-                env_steps,
-                metrics,
-                history={"train/episode_return": returns},
-                state=checkpoint,
-                final=episode == cfg.episodes,
-            )
-            returns, sq_td_sum, updates = [], 0.0, 0
-            watch.lap()  # evaluation and reporting are not training time
-    env.close()
-    return QLearningResult(q_table=np.asarray(table), metrics=metrics, best=best)
+    reports = Reports(reporter, cfg.report_every, cfg.episodes,
+                      evaluate=lambda: evaluate(run.q_table(), env_cfg, eval_seeds, cfg),
+                      weights=run.q_table, position=run.episode, state=state)
+    sq_td = 0.0
+    while run.episode < cfg.episodes:
+        epsilon = exponential_epsilon(run.episode, cfg.epsilon_start, cfg.epsilon_end,
+                                      cfg.epsilon_decay)
+        episode_return, steps, episode_sq_td = run.play_episode(epsilon, cfg.lr, cfg.gamma)
+        # A NaN reward or a diverged value: stop at the episode it happened in.
+        check_finite(run.env_steps, {m.TD_LOSS: episode_sq_td})
+        sq_td += episode_sq_td
+        reports.episode(run.env_steps, episode_return)
+        reports.count(run.env_steps, run.episode, steps, updates=steps)
+        if reports.due(run.episode):
+            reports.report(run.env_steps, run.episode, {
+                m.EPISODES: float(run.episode),
+                m.EPSILON: epsilon,
+                m.Q_MEAN: float(np.mean(run.table)),
+                m.TD_LOSS: sq_td / max(reports.updates, 1),
+            }, run.state())
+            sq_td = 0.0
+    run.env.close()
+    return QLearningResult(q_table=run.q_table(), metrics=reports.metrics, best=reports.best)

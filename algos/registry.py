@@ -11,6 +11,7 @@ from typing import Any
 
 from algos import configs
 from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, read_manifest
+from algos.core.metrics import ENV_STEPS, EPISODES
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Algorithm:
     agent: type = NetworkAgent
     """How its trained agent acts and is saved and loaded (algos.core.agents): its train()
     result's agents() are of this class."""
-    budget: tuple[str, str] = ("total_steps", "train/env_steps")
+    budget: tuple[str, str] = ("total_steps", ENV_STEPS)
     """(the config field that holds the training budget, the reported metric that counts
     toward it)."""
 
@@ -79,7 +80,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         module="algos.q_learning",
         config_class=configs.QLearningConfig,
         agent=TableAgent,
-        budget=("episodes", "train/episodes"),
+        budget=("episodes", EPISODES),
     ),
     "dqn": Algorithm(
         name="dqn",
@@ -90,7 +91,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         name="reinforce",
         module="algos.reinforce",
         config_class=configs.ReinforceConfig,
-        budget=("episodes", "train/episodes"),
+        budget=("episodes", EPISODES),
     ),
 }
 

@@ -23,17 +23,14 @@ import torch
 from torch import nn
 
 from algos.configs import ReinforceConfig
-from algos.core.agents import Best, NetworkResult
+from algos.core import metrics as m
+from algos.core.agents import NetworkResult
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
 from algos.core.networks import NetworkFactory, check_box_discrete, cpu_weights, resolve_device
-from algos.core.reporting import NullReporter, Reporter
-from algos.core.timing import Stopwatch
+from algos.core.reporting import Reporter, Reports
 from algos.core.workers import WorkerPool
-
-ReinforceResult = NetworkResult
-"""What a finished run leaves: the final policy as an agent, its metrics, its best weights."""
 
 
 def check_spaces(env) -> None:
@@ -108,95 +105,77 @@ def evaluate(
     return play_episodes(env_cfg, seeds, act, cfg.max_steps)
 
 
+def update_policy(
+    policy: nn.Module, optimizer: torch.optim.Optimizer,
+    episodes: Sequence[Mapping[str, np.ndarray]], cfg: ReinforceConfig, device: torch.device,
+    env_steps: int,
+) -> tuple[float, float]:
+    """One gradient step on the episodes' policy loss: (the loss, the mean entropy). A loss
+    that is no longer finite (divergence, NaN rewards) stops training before the step
+    corrupts the policy (NonFiniteError at `env_steps`, where the episodes end)."""
+    loss, entropy = policy_loss(policy, episodes, cfg.gamma, cfg.standardize_returns,
+                                cfg.baseline, device)
+    check_finite(env_steps, {m.POLICY_LOSS: float(loss.detach())})
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), float(entropy.detach())
+
+
 def train(
     cfg: ReinforceConfig,
     env_cfg: EnvConfig,
     seed: int,
     reporter: Reporter | None = None,
     state: Mapping[str, Any] | None = None,
-) -> ReinforceResult:
+) -> NetworkResult:
     """Train a policy; continue from a checkpoint `state` when one is given."""
-    reporter = reporter or NullReporter()
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
     factory = NetworkFactory(cfg.network, tuple(cfg.hidden_sizes))
-    # A resumed run's workers start new streams (seeded by where it resumes), not replays.
-    pool = WorkerPool(env_cfg, cfg.num_rollout_workers, cfg.envs_per_worker, factory, seed,
-                      start=state["episode"] if state else 0,
-                      max_restarts=cfg.max_worker_restarts)
-    obs_space = pool.obs_space
-    policy = factory(obs_space, pool.action_space).to(device)
+    pool = WorkerPool.for_run(env_cfg, cfg, factory, seed, state, "episode")
+    policy = factory(pool.obs_space, pool.action_space).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     episode = env_steps = updates = 0
-    best = Best()
     if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
-        pool.restarts = state.get("worker_restarts", 0)
-        best = Best.restore(state.get("best"))
-    returns: list[tuple[int, float, float]] = []  # (step, return, wall time)
-    losses, entropies, sources = [], [], []
-    watch = Stopwatch()
-    steps_since = 0
-    next_eval = (episode // cfg.eval_every + 1) * cfg.eval_every
     eval_seeds = cfg.evaluation_seeds()
-    metrics: dict[str, float] = {}
+    reports = Reports(reporter, cfg.eval_every, cfg.episodes,
+                      evaluate=lambda: evaluate(policy, env_cfg, eval_seeds, cfg),
+                      weights=lambda: cpu_weights(policy), position=episode, state=state)
+    losses, entropies, sources = [], [], []
     try:
         while episode < cfg.episodes:
-            m = min(cfg.episodes_per_update, cfg.episodes - episode)
             pool.set_weights(cpu_weights(policy))
-            batches = pool.sample_episodes(m, cfg.max_steps)
-            eps = [ep for b in batches for ep in b]
-            sources.append(len([b for b in batches if b]))
-            loss, entropy = policy_loss(policy, eps, cfg.gamma, cfg.standardize_returns,
-                                        cfg.baseline, device)
-            losses.append(float(loss.detach()))
-            # Diverged (or NaN rewards): stop before the step corrupts the policy.
-            check_finite(env_steps + sum(len(ep["rewards"]) for ep in eps),
-                         {"loss/policy": losses[-1]})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            updates += 1
-            entropies.append(float(entropy.detach()))
-            for ep in eps:
+            batches = pool.sample_episodes(min(cfg.episodes_per_update, cfg.episodes - episode),
+                                           cfg.max_steps)
+            episodes = [ep for batch in batches for ep in batch]
+            steps = sum(len(ep["rewards"]) for ep in episodes)
+            loss, entropy = update_policy(policy, optimizer, episodes, cfg, device,
+                                          env_steps + steps)
+            losses.append(loss)
+            entropies.append(entropy)
+            sources.append(sum(1 for batch in batches if batch))
+            for ep in episodes:
                 env_steps += len(ep["rewards"])
-                steps_since += len(ep["rewards"])
-                returns.append((env_steps, float(np.sum(ep["rewards"])), ep["ended_at"]))
-            episode += len(eps)
-            final = episode >= cfg.episodes
-            if episode >= next_eval or final:
-                seconds = watch.lap()
-                mean, std, _ = evaluate(policy, env_cfg, eval_seeds, cfg)
-                metrics = {
-                    "train/episodes": float(episode),
-                    "eval/mean_return": mean,
-                    "eval/std_return": std,
-                    "eval/score": mean - std,
-                    "loss/policy": float(np.mean(losses)),
-                    "train/entropy": float(np.mean(entropies)),
-                    "train/workers_per_update": float(np.mean(sources)),
-                    "train/worker_restarts": float(pool.restarts),
-                    "perf/env_steps_per_s": steps_since / seconds if seconds else 0.0,
-                    "perf/updates_per_s": len(losses) / seconds if seconds else 0.0,
-                }
-                best.offer(mean - std, env_steps, lambda: cpu_weights(policy))
-                checkpoint = {
-                    "best": best.state(),
-                    "policy": cpu_weights(policy),
-                    "optimizer": optimizer.state_dict(),
+                reports.episode(env_steps, float(np.sum(ep["rewards"])), ep["ended_at"])
+            episode += len(episodes)
+            updates += 1
+            reports.count(env_steps, episode, steps, updates=1)
+            if reports.due(episode):
+                reports.report(env_steps, episode, {
+                    m.EPISODES: float(episode),
+                    m.POLICY_LOSS: float(np.mean(losses)),
+                    m.ENTROPY: float(np.mean(entropies)),
+                    m.WORKERS_PER_UPDATE: float(np.mean(sources)),
+                    m.WORKER_RESTARTS: float(pool.restarts),
+                }, {"policy": cpu_weights(policy), "optimizer": optimizer.state_dict(),
                     "episode": episode, "env_steps": env_steps, "updates": updates,
-                    "worker_restarts": pool.restarts,
-                }
-                reporter.report(env_steps, metrics, history={"train/episode_return": returns},
-                                state=checkpoint, final=final)
-                while next_eval <= episode:
-                    next_eval += cfg.eval_every
-                returns, losses, entropies, sources = [], [], [], []
-                steps_since = 0
-                watch.lap()
+                    "worker_restarts": pool.restarts})
+                losses, entropies, sources = [], [], []
     finally:
         pool.close()
-    return ReinforceResult.of(policy, factory, obs_space, int(pool.action_space.n), metrics,
-                              best)
+    return NetworkResult.of(policy, factory, pool.obs_space, int(pool.action_space.n),
+                            reports.metrics, reports.best)

@@ -2,7 +2,7 @@
 
 The plain loop is one gradient step as a straightforward DQN takes it: draw a minibatch
 from the replay memory, compute its targets with the target network, one Adam step
-(PyTorch's foreach kernel). Ours is algos.dqn's learn(), called as train() calls it, with
+(PyTorch's foreach kernel). Ours is algos.dqn's update(), called as train() calls it, with
 the updates one sample request pays for: the phase's minibatches drawn at once, DQN's
 targets in one pass over the phase (the target network is fixed within a phase), Adam's
 fused kernel. Both with a gradient-norm clip of 10 and the Huber loss, on the same replay
@@ -32,11 +32,11 @@ from algos.core.replay import FrameReplayBuffer, ReplayBuffer
 from algos.dqn import (
     capture_step,
     dqn_loss,
-    learn,
     make_optimizer,
     network_factory,
     request_steps,
     to_tensors,
+    update,
 )
 from benchmarks.common import median, table, write
 from pipelines.config import compose_config
@@ -79,10 +79,10 @@ def updates_per_request(cfg) -> int:
 
 
 def phases(online, target, optimizer, buffer, n, cfg, device, graphed=None) -> None:
-    """n gradient steps, learn() called per sample request, as algos.dqn.train does."""
+    """n gradient steps, update() called per sample request, as algos.dqn.train does."""
     per_call = updates_per_request(cfg)
     for first in range(0, n, per_call):
-        learn(online, target, optimizer, buffer, min(per_call, n - first), cfg, device,
+        update(online, target, optimizer, buffer, min(per_call, n - first), cfg, device,
               graphed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)

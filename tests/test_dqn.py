@@ -115,7 +115,7 @@ def test_learning_in_phases_bounded_in_memory_takes_every_update(monkeypatch):
                         lambda *a: sizes.append(a[4]) or original(*a))
     online, target = MLP(3, 2, [8]), MLP(3, 2, [8])
     cfg = DQNConfig(batch_size=8)
-    stats = dqn.learn(online, target, make_optimizer(online, 1e-3, torch.device("cpu")),
+    stats = dqn.update(online, target, make_optimizer(online, 1e-3, torch.device("cpu")),
                       buffer, 10, cfg, torch.device("cpu"))
     assert sizes == [3, 3, 3, 1] and stats.shape == (10, 2)
 
@@ -133,10 +133,6 @@ def test_sample_requests_are_large_enough_to_pay_for_their_round_trip():
     # Set: as asked, and never under one step of each env.
     assert steps(train_freq=4, num_rollout_workers=2, envs_per_worker=4, rollout_steps=8) == 8
     assert steps(num_rollout_workers=1, envs_per_worker=8, rollout_steps=3) == 8
-
-
-def best_eval(reporter: MemoryReporter) -> float:
-    return max(r["eval/mean_return"] for r in reporter.reports)
 
 
 def test_dqn_learns_cartpole_sampling_in_the_learner():
@@ -162,11 +158,14 @@ def test_dqn_keeps_cartpole_on_every_seed(seed):
     assert evals[-1] >= 475, evals
 
 
-def test_dqn_learns_cartpole_with_a_rollout_worker(local_ray):
+@pytest.mark.slow  # 30 s; learning in the learner stays in the default suite
+def test_dqn_learns_cartpole_with_a_rollout_worker(ray_session):
+    # Sampling on a Ray actor while the learner trains: the final network plays 475 or more.
     cfg = compose_config(["experiment=cartpole_dqn", "algo.num_rollout_workers=1"]).cfg
     reporter = MemoryReporter()
     train(cfg.algo, cfg.env, seed=0, reporter=reporter)
-    assert best_eval(reporter) >= 475, [r["eval/mean_return"] for r in reporter.reports]
+    evals = [r["eval/mean_return"] for r in reporter.reports]
+    assert evals[-1] >= 475, evals
 
 
 def test_the_learning_rate_decays_linearly_to_lr_end():

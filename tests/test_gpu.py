@@ -94,13 +94,13 @@ def test_the_frame_memory_on_the_gpu_samples_what_the_host_one_does():
     check_frame_memory_on(CUDA)
 
 
-def test_dqn_learns_cartpole_with_the_learner_on_cuda_and_a_cpu_rollout_worker(local_ray):
+def test_dqn_learns_cartpole_with_the_learner_on_cuda_and_a_cpu_rollout_worker(ray_session):
     cfg = compose_config(["experiment=cartpole_dqn", "algo.num_rollout_workers=1",
                           "algo.device=cuda"]).cfg
     reporter = MemoryReporter()
     result = train(cfg.algo, cfg.env, seed=0, reporter=reporter)
-    best = max(r["eval/mean_return"] for r in reporter.reports)
-    assert best >= 475, [r["eval/mean_return"] for r in reporter.reports]
+    evals = [r["eval/mean_return"] for r in reporter.reports]
+    assert evals[-1] >= 475, evals  # the final network, not only its best
     assert reporter.reports[-1]["perf/updates_per_s"] > 0
     assert result.network is not None
 

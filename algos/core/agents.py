@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from algos.core.reporting import BestEvaluation
 
 MANIFEST = "agent.json"
 
@@ -38,30 +39,6 @@ class Agent(Protocol):
 
     def same_as(self, other: Any) -> bool:
         """Whether `other` is the same agent (class, spec and weights)."""
-
-
-@dataclass
-class Best:
-    """A run's best evaluation so far (by eval/score) and the agent's weights there, as
-    SB3's EvalCallback keeps best_model; carried through checkpoints (state/restore)."""
-
-    score: float = -math.inf
-    step: int = -1
-    weights: Any = None
-
-    def offer(self, score: float, step: int, weights: Callable[[], Any]) -> None:
-        """Keep `weights()` (a copy) when `score` beats the best so far."""
-        if math.isfinite(score) and score > self.score:
-            self.score, self.step, self.weights = score, step, weights()
-
-    def state(self) -> dict[str, Any]:
-        """Plain data for a checkpoint."""
-        return asdict(self)
-
-    @classmethod
-    def restore(cls, state: Mapping[str, Any] | None) -> Best:
-        """From state() (a checkpoint without one: nothing kept yet)."""
-        return cls(**state) if state else cls()
 
 
 class TableAgent:
@@ -231,13 +208,13 @@ class NetworkResult:
 
     final: NetworkAgent
     metrics: dict[str, float] = field(default_factory=dict)
-    best: Best = field(default_factory=Best)
+    best: BestEvaluation = field(default_factory=BestEvaluation)
     example: np.ndarray | None = None
     """A batch of observations the agents take (for model signatures)."""
 
     @classmethod
     def of(cls, net, factory, obs_space, n_actions: int, metrics: dict[str, float],
-           best: Best) -> NetworkResult:
+           best: BestEvaluation) -> NetworkResult:
         """The result of a run whose network ended as `net`; two observations sampled
         from `obs_space` are the example batch."""
         example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])

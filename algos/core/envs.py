@@ -6,7 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from algos.core import validation as v
+from algos.core.validation import ConfigValueError, at_least, in_range, one_of, positive
 
 
 @dataclass
@@ -41,15 +41,15 @@ class EnvConfig:
     (FireResetEnv)."""
 
     def __post_init__(self) -> None:
-        v.one_of(self, "kind", ("gym", "atari"))
-        v.positive(self, "frame_skip", "frame_stack", "screen_size", "max_episode_frames")
-        v.at_least(self, "noop_max", 0)
-        v.in_range(self, "repeat_action_probability", 0.0, 1.0)
+        one_of(self, "kind", ("gym", "atari"))
+        positive(self, "frame_skip", "frame_stack", "screen_size", "max_episode_frames")
+        at_least(self, "noop_max", 0)
+        in_range(self, "repeat_action_probability", 0.0, 1.0)
         if self.kind == "atari" and not self.id.startswith("ALE/"):
-            raise v.ConfigValueError("id", self.id, "kind=atari needs an ALE/<Game>-v5 id")
+            raise ConfigValueError("id", self.id, "kind=atari needs an ALE/<Game>-v5 id")
         for key in ("episodic_life", "fire_reset"):
             if getattr(self, key) and self.kind != "atari":
-                raise v.ConfigValueError(key, True, "only with kind=atari")
+                raise ConfigValueError(key, True, "only with kind=atari")
 
     def full_games(self) -> "EnvConfig":
         """The same env playing whole games (evaluation: no episode ends at a life lost)."""

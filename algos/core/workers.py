@@ -13,7 +13,7 @@ its unreturned work lost and redone. RLlib restarts its env runners the same way
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -77,6 +77,19 @@ class WorkerPool:
         probe = make_env(env_cfg)
         self.obs_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
+
+    @classmethod
+    def for_run(cls, env_cfg: EnvConfig, cfg: Any, network_fn, seed: int,
+                state: Mapping[str, Any] | None, position: str) -> WorkerPool:
+        """The pool of a run of algorithm config `cfg` (its num_rollout_workers,
+        envs_per_worker, max_worker_restarts), continuing a checkpoint `state`: a resumed
+        run's workers start new streams, seeded by where it resumes (state[position]), not
+        replays, and its restarts so far count against max_worker_restarts."""
+        pool = cls(env_cfg, cfg.num_rollout_workers, cfg.envs_per_worker, network_fn, seed,
+                   start=state[position] if state else 0,
+                   max_restarts=cfg.max_worker_restarts)
+        pool.restarts = state.get("worker_restarts", 0) if state else 0
+        return pool
 
     def _spawn(self, i: int):
         from algos.core.placement import worker_options
