@@ -3,13 +3,17 @@ own process could not (a killed worker, a scheduler stop, a Ctrl+C)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
+from collections import deque
 
 from ray import tune
 
+from algos.core.metrics import ENV_STEPS
+from pipelines import private_api
 from pipelines.tracking import RunLogger, find_run, set_run_status
 from pipelines.trial import TrialContext, run_key
 
@@ -74,22 +78,28 @@ class MlflowStatusCallback(tune.Callback):
 
 
 class ProgressCallback(tune.Callback):
-    """A compact live status, one line every `every_s` seconds (and one at the end).
+    """A compact live status, one line every progress.every_s seconds (and one at the end).
 
     A sweep: trials done, running and pending; per env the best configuration so far (IQM
-    of its finished trials' last reports); the time elapsed and the time left (from the
-    share of the whole sweep's budget done). A single run: the budget done (env steps or
-    episodes), the recent return, the last value of the metric, the time left.
+    of its finished trials' last reports); the time elapsed and the time left. A single
+    run: the budget done (env steps or episodes), the recent return, the last value of the
+    metric, the time left. Running trials count with the share of their budget done: from
+    their progress notes between reports (TrialReporter.progress), so the line moves with
+    the work, not only at reports. The time left is the work left at the rate of the last
+    RATE_WINDOW_S seconds.
     """
 
-    def __init__(self, ctx: TrialContext, every_s: float, total_trials: int,
-                 budget: tuple[str, float]) -> None:
+    RATE_WINDOW_S = 60.0
+
+    def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
-        self.every_s = every_s
-        self.total_trials = total_trials
-        self.budget = budget
+        self.every_s = ctx.settings.progress.every_s
+        self.total_trials = ctx.settings.trials
+        self.budget = ctx.settings.budget
         self.started = time.monotonic()
         self.last_line = 0.0
+        self.work: deque[tuple[float, float]] = deque()
+        """(time, work done) of the recent lines, for the rate."""
         self._env_of: dict[str, str] = {}
 
     def setup(self, **info) -> None:
@@ -126,9 +136,10 @@ class ProgressCallback(tune.Callback):
 
         import numpy as np
 
-        from pipelines.summary import config_label, iqm
+        from pipelines.space import config_label
+        from pipelines.stats import iqm
 
-        metric, mode = self.ctx.settings["metric"], self.ctx.settings["mode"]
+        metric, mode = self.ctx.settings.metric, self.ctx.settings.mode
         values: dict[tuple[str, str], list[float]] = {}
         for t in done:
             value = (t.last_result or {}).get(metric)
@@ -145,26 +156,48 @@ class ProgressCallback(tune.Callback):
         return "; ".join(f"{env} {label} {score:.4g} (n={n})"
                          for env, (score, label, n) in sorted(best.items()))
 
+    def _done(self, trial) -> float:
+        """The share of a running trial's budget done: its newest progress note, or its
+        last report's."""
+        from pipelines.trial import PROGRESS_KEY
+
+        reported = (trial.last_result or {}).get(PROGRESS_KEY, 0.0)
+        try:
+            note = private_api.kv_get(self.ctx.progress_key(trial.trial_id))
+        except Exception:  # a status line must never stop the sweep
+            note = None
+        return max(reported, json.loads(note)["done"]) if note else reported
+
+    def _left(self, now: float, work: float, total: float) -> str:
+        """The time left: the work left at the rate of the recent lines."""
+        self.work.append((now, work))
+        while len(self.work) > 2 and now - self.work[1][0] >= self.RATE_WINDOW_S:
+            self.work.popleft()
+        (then, before) = self.work[0] if len(self.work) > 1 else (self.started, 0.0)
+        rate = (work - before) / (now - then) if now > then else 0.0
+        return f"~{(total - work) / rate:.0f}s left" if rate > 0 and work < total else ""
+
     def line(self, trials, now: float) -> str:
         """The status line."""
-        from pipelines.trial import PROGRESS_KEY, RECENT_RETURN_KEY
+        from pipelines.trial import RECENT_RETURN_KEY
 
         elapsed = now - self.started
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
         running = [t for t in trials if t.status == "RUNNING"]
         total = max(self.total_trials, len(trials))
-        work = len(done) + sum((t.last_result or {}).get(PROGRESS_KEY, 0.0) for t in running)
-        left = f"~{elapsed * (total - work) / work:.0f}s left" if 0 < work < total else ""
+        shares = {t.trial_id: self._done(t) for t in running}
+        left = self._left(now, len(done) + sum(shares.values()), total)
         head = f"[{elapsed:6.0f}s]"
-        if self.ctx.settings.get("kind") == "train" and len(trials) == 1:
-            result = trials[0].last_result or {}
+        if self.ctx.settings.kind == "train" and len(trials) == 1:
+            trial = trials[0]
+            result = trial.last_result or {}
+            share = 1.0 if trial in done else shares.get(trial.trial_id, 0.0)
             counter, budget = self.budget
-            unit = "env steps" if counter == "train/env_steps" else counter.split("/")[-1]
-            parts = [f"{result.get(counter, 0):,.0f}/{budget:,.0f} {unit} "
-                     f"({result.get(PROGRESS_KEY, 0.0):.0%})"]
+            unit = "env steps" if counter == ENV_STEPS else counter.split("/")[-1]
+            parts = [f"{share * budget:,.0f}/{budget:,.0f} {unit} ({share:.0%})"]
             if RECENT_RETURN_KEY in result:
                 parts.append(f"recent return {result[RECENT_RETURN_KEY]:.4g}")
-            metric = self.ctx.settings["metric"]
+            metric = self.ctx.settings.metric
             if metric in result:
                 parts.append(f"{metric} {result[metric]:.4g}")
             return " | ".join([head + " " + parts[0], *parts[1:], left]).rstrip(" |")

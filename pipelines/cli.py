@@ -13,14 +13,11 @@ import argparse
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable
 
+from pipelines import private_api
 from pipelines.config import CONF_DIR, GROUPS, UserError, group_options
 
-STARTED = time.time()
-"""When the entry point's process started running its code (this module is among its first
-imports): the origin of a sweep's perf/startup_s."""
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 HYDRA_FLAGS = ("--cfg job|hydra|all", "--resolve", "--package/-p", "--info [what]",
                "-m/--multirun", "--shell-completion/-sc install=bash", "--version")
@@ -42,31 +39,21 @@ def usage(prog: str, summary: str, examples: list[str]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
+    parser = private_api.hydra_args_parser()
     parser.exit_on_error = False
     return parser
 
 
 def _hydra():
     """Hydra's app object over conf/, as @hydra.main would make it."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.version import setbase
-
-    setbase("1.3")
-    GlobalHydra.instance().clear()
-    return Hydra.create_main_hydra2(task_name="rlpipe",
-                                    config_search_path=create_config_search_path(str(CONF_DIR)))
+    return private_api.hydra_app(str(CONF_DIR), task_name="rlpipe")
 
 
 def _shown_overrides(overrides: list[str], sweep: bool) -> tuple[list[str], str]:
     """The overrides whose config --cfg / --info show (validated first: bad input is
     exit 2), credentials out of the tracking URI, and a line naming the swept dimensions."""
     from pipelines.space import plan_sweep
-    from pipelines.tracking import redact_uri
+    from pipelines.tracking_uri import redact_uri
 
     plan = plan_sweep(overrides, sweep_params=sweep)
     shown = [f"tracking.uri={redact_uri(o.split('=', 1)[1])}"

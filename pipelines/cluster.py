@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import private_api
 from pipelines.config import ROOT, UserError
 from pipelines.schema import ClusterConfig
 
@@ -250,11 +251,7 @@ def local_capacity(cluster: ClusterConfig) -> Capacity:
     """This machine as a local Ray will see it (its CPUs and GPUs, or cluster.num_cpus /
     num_gpus), worked out without starting Ray."""
     try:
-        from ray._private.resource_and_label_spec import ResourceAndLabelSpec
-
-        spec = ResourceAndLabelSpec(num_cpus=cluster.num_cpus,
-                                    num_gpus=cluster.num_gpus).resolve(is_head=True)
-        cpus, gpus, memory = float(spec.num_cpus), float(spec.num_gpus or 0), spec.memory
+        cpus, gpus, memory = private_api.local_resources(cluster.num_cpus, cluster.num_gpus)
     except (ImportError, AttributeError, TypeError):  # Ray's private API moved
         from algos.core.replay import available_memory
 
@@ -355,6 +352,24 @@ def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
     return env
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Bad input (UserError) when nothing listens at a cluster's host:port: Ray's own
+    client retries such an address for minutes. 'auto' (a node's own cluster) is Ray's to
+    find."""
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"cluster.address={address}: not host:port (the Ray head's GCS port, "
+                        "6379 by default), nor auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"cluster.address={address}: nothing answers there ({reason}); start "
+                        "the head with ray start --head, or give its host:port") from None
+
+
 def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
     """Start a Ray of its own (cluster=local) or join cluster.address (remote)."""
     import ray
@@ -374,6 +389,7 @@ def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
         return
     from ray.exceptions import RayError
 
+    check_reachable(cluster.address)
     # SHIP_EXCLUDES holds Ray's own default excludes (.git, .venv, __pycache__): with them
     # emptied, Ray does not warn at every upload that it leaves those out.
     os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from algos.core.validation import ConfigValueError
-from pipelines import schema
+from pipelines import private_api, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 """The folder that holds the packages: a checkout (or the code shipped to a cluster node),
@@ -140,8 +140,9 @@ def _find_unknown_keys(node: DictConfig, path: str) -> None:
                     f"{path}{key}: unknown key; allowed: {', '.join(sorted(fields))}"
                 )
     for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+        child = private_api.child_node(node, key)
+        if isinstance(child, DictConfig) and not (private_api.is_missing(child)
+                                                  or private_api.is_none(child)):
             _find_unknown_keys(child, f"{path}{key}.")
 
 
@@ -149,10 +150,9 @@ def _to_object(node: DictConfig, path: str) -> Any:
     """OmegaConf.to_object, running each dataclass's range checks innermost first, so that
     an error names its full key (sweep.scheduler.max_t, not max_t)."""
     for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and OmegaConf.get_type(
-            child
-        ) not in (None, dict):
+        child = private_api.child_node(node, key)
+        if isinstance(child, DictConfig) and not private_api.is_none(child) and (
+                OmegaConf.get_type(child) not in (None, dict)):
             _to_object(child, f"{path}{key}.")
     try:
         return OmegaConf.to_object(node)
@@ -190,6 +190,15 @@ def compose_config(overrides: list[str]) -> Composed:
     return Composed(cfg=obj, container=container, choices=choices, overrides=list(overrides))
 
 
+def _reason(e: BaseException) -> str:
+    """An exception as one line: its message, after its type where the message alone may
+    say little (a KeyError's is just the key)."""
+    text = " ".join(str(e).split())
+    if isinstance(e, TypeError | ValueError) and text:
+        return text
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 @functools.lru_cache(maxsize=64)
 def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple):
     import gymnasium as gym
@@ -205,10 +214,9 @@ def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple):
         raise UserError(f"env.id={env_id}: {e}") from None
     try:
         env = make_env(EnvConfig(id=env_id, kwargs=dict(kwargs_items), **dict(extra)))
-    except (TypeError, ValueError, gym.error.Error) as e:
-        raise UserError(
-            f"env.kwargs={dict(kwargs_items)}: gym.make({env_id!r}) refused: {e}"
-        ) from None
+    except Exception as e:  # an env refuses its arguments with whatever it raises
+        raise UserError(f"env.kwargs={dict(kwargs_items)}: gym.make({env_id!r}) refused: "
+                        f"{_reason(e)}") from None
     try:
         get_algorithm(algo_name).check_env(env)
         return env.observation_space
@@ -232,8 +240,8 @@ def check_runnable(composed: Composed):
                                                       key=lambda kv: kv[0])), extra)
 
 
-def load(overrides: list[str]) -> Composed:
-    """compose_config + check_runnable.
+def compose_and_check(overrides: list[str]) -> Composed:
+    """compose_config + check_runnable: a config a trial can run.
 
     Configurations that differ only in their seed compose once: a sweep over 16 seeds
     validates (on the driver) and composes (in each trial's reused worker) one config, and
@@ -246,7 +254,7 @@ def load(overrides: list[str]) -> Composed:
         composed = compose_config(overrides)
         check_runnable(composed)
         return composed
-    base = _load_without_seed(tuple(o for o in overrides if o not in seeds))
+    base = _compose_without_seed(tuple(o for o in overrides if o not in seeds))
     composed = copy.deepcopy(base)
     composed.cfg = dataclasses.replace(composed.cfg, seed=int(value))
     composed.container["seed"] = int(value)
@@ -255,7 +263,7 @@ def load(overrides: list[str]) -> Composed:
 
 
 @functools.lru_cache(maxsize=32)
-def _load_without_seed(overrides: tuple[str, ...]) -> Composed:
+def _compose_without_seed(overrides: tuple[str, ...]) -> Composed:
     composed = compose_config(list(overrides))
     check_runnable(composed)
     return composed

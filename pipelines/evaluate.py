@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from algos.core.metrics import EVAL_MEAN_RETURN, EVAL_SCORE, EVAL_STD_RETURN
 from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
 
@@ -58,7 +59,7 @@ def _body(args: list[str]) -> int:
 
     from algos.core.agents import AgentFileError
     from pipelines.models import load_logged_agent, play
-    from pipelines.tracking import readable_store
+    from pipelines.tracking_uri import readable_store
 
     parsed = parse_overrides(args)
     for o in parsed:
@@ -112,8 +113,8 @@ def _record(uri, cfg, model_uri: str, manifest, seeds, figures):
               **({"source_run_id": source} if source else {})},
         params={"evaluate.episodes": len(seeds), "evaluate.seeds": json.dumps(seeds)[:6000]},
     )
-    logger.log_metrics({f"eval/{k}": v for k, v in figures.items()
-                        if k in ("mean_return", "std_return", "score")})
+    logger.log_metrics({EVAL_MEAN_RETURN: figures["mean_return"],
+                        EVAL_STD_RETURN: figures["std_return"], EVAL_SCORE: figures["score"]})
     return logger
 
 

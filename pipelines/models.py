@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from algos.core.metrics import EVAL_PREFIX, EVAL_SCORE, score
+from pipelines import private_api
 from pipelines.config import Composed
 from pipelines.tracking import RunLogger
 
@@ -54,7 +56,7 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     example = result.example_obs()
     evaluation = get_algorithm(composed.cfg.algo.name).evaluation(composed.cfg.algo)
     about = {
-        "final": {"score": result.metrics.get("eval/score"), "step": final_step},
+        "final": {"score": result.metrics.get(EVAL_SCORE), "step": final_step},
         "best": {"score": result.best.score, "step": result.best.step},
     }
     if about["best"]["step"] < 0:  # never evaluated: the final agent is the best one
@@ -65,40 +67,41 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     client = logger.client
     run = client.get_run(logger.run_id)
     histories = {key: client.get_metric_history(logger.run_id, key)
-                 for key in run.data.metrics if key.startswith("eval/")}
-    mlflow.set_tracking_uri(logger.uri)  # log_model writes through the fluent API's store
-    for name, agent in agents.items():
-        if name == "best" and same:  # the last evaluation was the best: one model
-            ids["best"] = ids["final"]
-            continue
-        step = int(about[name]["step"])
-        model = client.create_logged_model(run.info.experiment_id, name=name,
-                                           source_run_id=logger.run_id,
-                                           params=run.data.params, tags={"rlpipe.model": name})
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp) / "agent"
-                save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
-                           env=composed.container["env"], evaluation=evaluation,
-                           source_run_id=logger.run_id, **about[name])
-                mlflow.pyfunc.log_model(
-                    name=name, model_id=model.model_id, loader_module=__name__,
-                    data_path=str(folder),
-                    signature=infer_signature(example, agent.act(example)),
-                    input_example=example, pip_requirements=PIP_REQUIREMENTS,
-                )
-        except BaseException:
-            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
-            raise
-        client.log_outputs(logger.run_id, [LoggedModelOutput(model.model_id, step=step)])
-        # The step's own points, as they were written (same time stamps: no new points in
-        # the run's history), now also the model's.
-        client.log_batch(logger.run_id, metrics=[
-            Metric(m.key, m.value, m.timestamp, m.step, run_id=logger.run_id,
-                   model_id=model.model_id)
-            for points in histories.values() for m in points
-            if m.step == step and m.model_id is None])
-        ids[name] = model.model_id
+                 for key in run.data.metrics if key.startswith(EVAL_PREFIX)}
+    # log_model writes through the fluent API's store: this one, for the loop.
+    with private_api.mlflow_store(logger.uri):
+        for name, agent in agents.items():
+            if name == "best" and same:  # the last evaluation was the best: one model
+                ids["best"] = ids["final"]
+                continue
+            step = int(about[name]["step"])
+            model = client.create_logged_model(
+                run.info.experiment_id, name=name, source_run_id=logger.run_id,
+                params=run.data.params, tags={"rlpipe.model": name})
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    folder = Path(tmp) / "agent"
+                    save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
+                               env=composed.container["env"], evaluation=evaluation,
+                               source_run_id=logger.run_id, **about[name])
+                    mlflow.pyfunc.log_model(
+                        name=name, model_id=model.model_id, loader_module=__name__,
+                        data_path=str(folder),
+                        signature=infer_signature(example, agent.act(example)),
+                        input_example=example, pip_requirements=PIP_REQUIREMENTS,
+                    )
+            except BaseException:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                raise
+            client.log_outputs(logger.run_id, [LoggedModelOutput(model.model_id, step=step)])
+            # The step's own points, as they were written (same time stamps: no new points
+            # in the run's history), now also the model's.
+            client.log_batch(logger.run_id, metrics=[
+                Metric(m.key, m.value, m.timestamp, m.step, run_id=logger.run_id,
+                       model_id=model.model_id)
+                for points in histories.values() for m in points
+                if m.step == step and m.model_id is None])
+            ids[name] = model.model_id
     logger.set_tags({f"model.{name}": model_id for name, model_id in ids.items()})
     return ids
 
@@ -144,7 +147,6 @@ def load_logged_agent(model_uri: str, tracking_uri: str):
     import os
     import tempfile
 
-    import mlflow
     import yaml
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
@@ -153,10 +155,8 @@ def load_logged_agent(model_uri: str, tracking_uri: str):
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # models:/ URIs resolve through the process's tracking and registry URIs, whatever
-    # download_artifacts is given: point both at this store.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
+    # download_artifacts is given: point both at this store while it downloads.
+    with tempfile.TemporaryDirectory() as tmp, private_api.mlflow_store(tracking_uri):
         try:
             local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp,
                                             tracking_uri=tracking_uri))
@@ -185,7 +185,7 @@ def play(agent, manifest: dict[str, Any], episodes: int | None = None, seed: int
     env_cfg = EnvConfig(**manifest["env"])
     mean, std, returns = play_episodes(env_cfg, seeds, agent.act, evaluation.get("max_steps"))
     out = {"episodes": len(returns), "mean_return": mean, "std_return": std,
-           "score": mean - std, "seeds": seeds}
+           "score": score(mean, std), "seeds": seeds}
     if video is not None:
         out["video_frames"] = record_episode(agent, env_cfg, seeds[0],
                                              evaluation.get("max_steps"), video)
@@ -243,7 +243,7 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
                                           run_id=source_run_id, model_id=model_id).version
     challenger, manifest = load_logged_agent(f"models:/{model_id}", tracking_uri)
     new = play(challenger, manifest)["score"]
-    client.set_model_version_tag(name, str(version), "eval/score", str(new))
+    client.set_model_version_tag(name, str(version), EVAL_SCORE, str(new))
     out = {"name": name, "version": str(version), "score": new, "champion_score": None}
     try:
         holder = client.get_model_version_by_alias(name, CHAMPION)

@@ -8,6 +8,7 @@ env). Reads MLflow only: no Ray starts.
 
 from __future__ import annotations
 
+from algos.core.metrics import EVAL_SCORE
 from pipelines.cli import exit_with, run_main
 from pipelines.config import UserError, compose_config, parse_overrides
 
@@ -58,7 +59,8 @@ def find_sweep(client, name: str):
 
 def _body(args: list[str]) -> int:
     from pipelines.summary import summarize_sweep
-    from pipelines.tracking import RunLogger, readable_store, run_url
+    from pipelines.tracking import RunLogger
+    from pipelines.tracking_uri import readable_store, run_url
 
     for o in parse_overrides(args):
         if o.is_sweep_override():
@@ -71,7 +73,7 @@ def _body(args: list[str]) -> int:
 
     parent = find_sweep(MlflowClient(uri), cfg.report.sweep)
     params = parent.data.params
-    metric, mode = params.get("sweep.metric", "eval/score"), params.get("sweep.mode", "max")
+    metric, mode = params.get("sweep.metric", EVAL_SCORE), params.get("sweep.mode", "max")
     experiment_id = parent.info.experiment_id
     logger = RunLogger(uri, parent.info.run_id, 0)
     print(f"Sweep {cfg.report.sweep} ({parent.info.status}), run "

@@ -1,8 +1,19 @@
-"""The driver: from a validated plan to a finished Tune run, with MLflow around it.
+"""The driver: from the command line's overrides to a finished Tune run, with MLflow around
+it. The entry points train and sweep call train() and sweep() here.
 
-Order matters: everything that can be bad input is checked before Ray starts or MLflow
-is touched (exit 2, nothing written); after that, a failure marks the runs FAILED and
-exits 1.
+A launch goes through named phases, in order:
+
+1. plan_launch: everything that can be bad input is checked (the sweep plan validated
+   every trial's config already): the tracking store, the storage, the name. Exit 2,
+   nothing written.
+2. open_tracking: the MLflow experiment, and a sweep's parent run (while a local Ray
+   starts; on a remote cluster once the cluster's checks passed).
+3. start_ray: start or join Ray; refuse what the cluster can never run (still exit 2).
+4. fit: Tune runs the trials (pipelines.trial), each recorded as its own MLflow run.
+5. summarize: a sweep's per-configuration summary logged on its parent run, and
+6. register: each env's best model registered, both while Ray shuts down.
+
+From start_ray on, a failure is ours: the runs are marked FAILED and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -15,10 +26,13 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from algos.registry import get_algorithm
+from pipelines import private_api
 from pipelines.cluster import (
     cluster_tags,
     join_and_check,
@@ -26,23 +40,21 @@ from pipelines.cluster import (
     start_ray,
     trial_bundles,
 )
-from pipelines.config import ROOT, UserError
-from pipelines.schema import ClusterConfig, ProgressConfig, SweepConfig
-from pipelines.space import SweepPlan, tune_space
+from pipelines.config import ROOT, UserError, compose_config, parse_overrides
+from pipelines.schema import ClusterConfig, SweepConfig
+from pipelines.space import SweepPlan, plan_sweep, tune_space
 from pipelines.tracking import (
     RunLogger,
-    check_tracking,
     find_run,
     get_or_create_experiment,
-    resolve_uri,
-    run_url,
     set_run_status,
-    ui_hint,
     write_json_artifact,
 )
+from pipelines.tracking_uri import check_tracking, resolve_uri, run_url, ui_hint
 from pipelines.trial import (
     FAILURE_KEY,
     FAILURE_MESSAGE_KEY,
+    RunSettings,
     TrialContext,
     budget_of,
     run_key,
@@ -53,6 +65,79 @@ from pipelines.trial import (
 CONTEXT_FILE = "rlpipe.json"
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl+C
 log = logging.getLogger("rlpipe")
+
+
+# ----- the entry points' bodies --------------------------------------------------------
+
+
+def train(args: list[str], started: float) -> int:
+    """python -m pipelines.train: one configuration as one trial (or resume one). `started`
+    is when the entry point's process started its work (time.time())."""
+    parsed = parse_overrides(args)
+    for o in parsed:
+        if o.is_sweep_override():
+            raise UserError(
+                f"{o.input_line}: a sweep expression; run sweeps with python -m pipelines.sweep"
+            )
+        if o.key_or_group.startswith("sweep"):
+            raise UserError(f"{o.input_line}: sweep settings belong to python -m pipelines.sweep")
+    if any(o.key_or_group == "resume" for o in parsed):
+        return resume_from(parsed)
+    return launch(plan_sweep(args, sweep_params=False), "train", started)
+
+
+def sweep(args: list[str], started: float) -> int:
+    """python -m pipelines.sweep (and train -m): the sweep the overrides describe, or
+    resume one."""
+    parsed = parse_overrides(args)
+    if any(o.key_or_group == "resume" for o in parsed):
+        return resume_from(parsed)
+    return launch(plan_sweep(args), "sweep", started)
+
+
+def resume_from(parsed) -> int:
+    """Resume the Tune run named by `resume=`; only cluster.* may come with it."""
+    others = [o.input_line for o in parsed
+              if o.key_or_group != "resume" and not o.key_or_group.startswith("cluster")]
+    if others:
+        raise UserError(
+            f"{others[0]}: a resumed run keeps its own settings; only cluster.* "
+            "may be given with resume="
+        )
+    composed = compose_config([o.input_line for o in parsed])
+    return resume(composed.cfg.resume, composed.cfg.cluster)
+
+
+# ----- 1. plan ----------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """A launch decided before anything starts: what runs, its names, where it is
+    recorded and stored."""
+
+    plan: SweepPlan
+    kind: str
+    """sweep or train."""
+    name: str
+    """The Tune run's name and the sweep's parent run's."""
+    experiment_name: str
+    uri: str
+    """The tracking URI, resolved, without credentials."""
+    storage: str
+    """Tune's storage path, absolute."""
+    fixed: list[str]
+    """The overrides every trial composes with (the tracking URI resolved)."""
+    settings: RunSettings
+    space: dict[str, Any]
+    """Tune's param space of the plan's dimensions."""
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    commit: str = field(default_factory=lambda: git_commit())
+
+    @property
+    def cfg(self):
+        """The base config (the first trial's)."""
+        return self.plan.base.cfg
 
 
 def git_commit() -> str:
@@ -108,6 +193,127 @@ def storage_root(cluster: ClusterConfig) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def planned_trials(plan: SweepPlan, search: str, num_samples: int) -> int:
+    """How many trials Tune will run: each grid point num_samples times (grid, auto), or
+    num_samples in all (random, optuna)."""
+    if search in ("random", "optuna"):
+        return num_samples
+    points = 1
+    for d in plan.dims:
+        if d.discrete:
+            points *= len(d.values)
+    return points * num_samples
+
+
+def plan_launch(plan: SweepPlan, kind: str) -> Launch:
+    """Phase 1: check what the plan has not (the tracking store, the storage, the name)
+    and name the launch. Bad input raises UserError; nothing is written."""
+    base = plan.base
+    cfg = base.cfg
+    uri = resolve_uri(cfg.tracking.uri)
+    check_tracking(uri)
+    # What trials compose from and what is recorded name the URI without credentials.
+    fixed = [f"tracking.uri={uri}" if o.split("=", 1)[0] == "tracking.uri" else o
+             for o in plan.fixed]
+    base.container["tracking"]["uri"] = uri
+    storage = storage_root(cfg.cluster)
+    check_storage(storage)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    algo, env = base.choices.get("algo"), base.choices.get("env")
+    if kind == "sweep":
+        name = cfg.sweep.name or f"{base.choices.get('sweep') or 'sweep'}-{stamp}"
+        experiment_name = cfg.tracking.experiment or base.choices.get("sweep") or "sweeps"
+    else:
+        name = f"train-{base.choices.get('experiment') or f'{algo}-{env}'}-{stamp}"
+        experiment_name = cfg.tracking.experiment or f"{algo}-{env}"
+    if "://" not in storage and (Path(storage) / name).exists():
+        raise UserError(
+            f"sweep.name={name}: a run of that name exists in {storage}; "
+            f"resume it with resume={name} or choose another name"
+        )
+    search = cfg.sweep.search
+    space = tune_space(plan, search)  # a space Tune cannot take is bad input too
+    settings = RunSettings(
+        kind=kind, metric=cfg.sweep.metric, mode=cfg.sweep.mode, search=search,
+        num_samples=cfg.sweep.num_samples,
+        trials=planned_trials(plan, search, cfg.sweep.num_samples),
+        budget=budget_of(get_algorithm(cfg.algo.name), cfg.algo),
+        cluster=cfg.cluster, progress=cfg.progress, env=env,
+        register=kind == "train" and cfg.tracking.register,
+    )
+    return Launch(plan=plan, kind=kind, name=name, experiment_name=experiment_name,
+                  uri=uri, storage=storage, fixed=fixed, settings=settings, space=space)
+
+
+# ----- 2. open tracking, 3. start Ray ----------------------------------------------------
+
+
+def open_tracking(launch: Launch) -> tuple[str, RunLogger | None]:
+    """Phase 2: the MLflow experiment (made once, here on the driver), and a sweep's parent
+    run with the search space and the sweep's settings as params."""
+    experiment_id = get_or_create_experiment(launch.uri, launch.experiment_name)
+    if launch.kind != "sweep":
+        return experiment_id, None
+    plan, cfg, choices = launch.plan, launch.cfg, launch.plan.base.choices
+    parent = RunLogger.open(
+        launch.uri, experiment_id, f"{launch.uid}/parent", run_name=launch.name,
+        tags={"sweep": launch.name, "git_commit": launch.commit,
+              "mlflow.source.git.commit": launch.commit, "algo": choices.get("algo"),
+              "env": choices.get("env"), "rlpipe.kind": "sweep"},
+        params={
+            **{f"space.{k}": v for k, v in plan.space_text.items()},
+            "fixed": " ".join(launch.fixed) or "-",
+            "sweep.search": launch.settings.search,
+            "sweep.num_samples": cfg.sweep.num_samples,
+            "sweep.metric": cfg.sweep.metric,
+            "sweep.mode": cfg.sweep.mode,
+            "sweep.scheduler": cfg.sweep.scheduler.name,
+        },
+        config=plan.base.container,
+    )
+    return experiment_id, parent
+
+
+def start(launch: Launch) -> tuple[TrialContext, RunLogger | None]:
+    """Phases 2 and 3: Ray started (or joined and checked: a refusal is still bad input,
+    exit 2) and the tracking opened, meanwhile on a local cluster. Returns what every trial
+    shares, and a sweep's parent run (which records the cluster)."""
+    opened: list[RunLogger] = []
+
+    def tracking() -> tuple[str, RunLogger | None]:
+        experiment_id, parent = open_tracking(launch)
+        opened.extend(filter(None, [parent]))
+        return experiment_id, parent
+
+    try:
+        capacity, (experiment_id, parent) = join_and_check(
+            launch.cfg.cluster, launch.uri, launch.storage, launch.plan.trials, then=tracking)
+    except Exception as e:
+        for run in opened:  # Ray failed to start while the parent run was being made
+            run.finish("FAILED")
+        if isinstance(e, UserError) and opened:
+            raise RuntimeError(str(e)) from e  # too late to leave nothing behind
+        raise
+    cluster_record = capacity.summary()
+    if parent:
+        parent.set_tags(cluster_tags(cluster_record))
+        write_json_artifact(parent, cluster_record, "cluster.json")
+    ctx = TrialContext(
+        name=launch.name, uid=launch.uid, fixed=launch.fixed, tracking_uri=launch.uri,
+        experiment_id=experiment_id, experiment_name=launch.experiment_name,
+        parent_run_id=parent.run_id if parent else None, git_commit=launch.commit,
+        settings=launch.settings, space=launch.plan.space_text, cluster=cluster_record,
+    )
+    if "://" not in launch.storage:
+        folder = Path(launch.storage) / launch.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONTEXT_FILE).write_text(json.dumps(ctx.to_json(), indent=2))
+    return ctx, parent
+
+
+# ----- 4. fit ----------------------------------------------------------------------------
+
+
 def _searcher(sweep: SweepConfig, search: str, seed: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -156,151 +362,53 @@ def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):
 
     from pipelines.callbacks import MlflowStatusCallback, ProgressCallback
 
-    progress = ProgressConfig(**ctx.settings.get("progress", {}))
-    status = ProgressCallback(ctx, progress.every_s, ctx.settings.get("trials", 0),
-                              tuple(ctx.settings.get("budget", ("train/env_steps", 0.0))))
+    progress = ctx.settings.progress
     return tune.RunConfig(
         name=ctx.name,
         storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[MlflowStatusCallback(ctx), status],
+        callbacks=[MlflowStatusCallback(ctx), ProgressCallback(ctx)],
         verbose=progress.tune_verbose,
     )
 
 
-def planned_trials(plan: SweepPlan, search: str, num_samples: int) -> int:
-    """How many trials Tune will run: each grid point num_samples times (grid, auto), or
-    num_samples in all (random, optuna)."""
-    if search in ("random", "optuna"):
-        return num_samples
-    points = 1
-    for d in plan.dims:
-        if d.discrete:
-            points *= len(d.values)
-    return points * num_samples
-
-
-def launch(plan: SweepPlan, kind: str) -> int:
-    """Run a sweep (kind='sweep') or a single run (kind='train') as a Tune run."""
-    base = plan.base
-    cfg = base.cfg
-    sweep = cfg.sweep
-    uri = resolve_uri(cfg.tracking.uri)
-    check_tracking(uri)
-    # What trials compose from and what is recorded name the URI without credentials.
-    fixed = [f"tracking.uri={uri}" if o.split("=", 1)[0] == "tracking.uri" else o
-             for o in plan.fixed]
-    base.container["tracking"]["uri"] = uri
-    storage = storage_root(cfg.cluster)
-    check_storage(storage)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    algo, env = base.choices.get("algo"), base.choices.get("env")
-    if kind == "sweep":
-        name = sweep.name or f"{base.choices.get('sweep') or 'sweep'}-{stamp}"
-        experiment_name = cfg.tracking.experiment or base.choices.get("sweep") or "sweeps"
-    else:
-        name = f"train-{base.choices.get('experiment') or f'{algo}-{env}'}-{stamp}"
-        experiment_name = cfg.tracking.experiment or f"{algo}-{env}"
-    if "://" not in storage and (Path(storage) / name).exists():
-        raise UserError(
-            f"sweep.name={name}: a run of that name exists in {storage}; "
-            f"resume it with resume={name} or choose another name"
-        )
-    search = sweep.search
-    space = tune_space(plan, search)
-    searcher = _searcher(sweep, search, cfg.seed)
-    scheduler = _scheduler(sweep)
-    settings = {
-        "search": search,
-        "num_samples": sweep.num_samples,
-        "metric": sweep.metric,
-        "mode": sweep.mode,
-        "kind": kind,
-        "env": env,
-        "register": kind == "train" and cfg.tracking.register,
-        "cluster": base.container["cluster"],
-        "progress": base.container["progress"],
-        "trials": planned_trials(plan, search, sweep.num_samples),
-        "budget": budget_of(get_algorithm(cfg.algo.name), cfg.algo),
-    }
-
-    uid = uuid.uuid4().hex[:12]
-    commit = git_commit()
-
-    opened: list[RunLogger] = []
-
-    def open_tracking() -> tuple[str, RunLogger | None]:
-        """The MLflow experiment, and a sweep's parent run."""
-        experiment_id = get_or_create_experiment(uri, experiment_name)
-        if kind != "sweep":
-            return experiment_id, None
-        opened.append(RunLogger.open(
-            uri, experiment_id, f"{uid}/parent", run_name=name,
-            tags={"sweep": name, "git_commit": commit, "mlflow.source.git.commit": commit,
-                  "algo": algo, "env": env, "rlpipe.kind": "sweep"},
-            params={
-                **{f"space.{k}": v for k, v in plan.space_text.items()},
-                "fixed": " ".join(fixed) or "-",
-                "sweep.search": search,
-                "sweep.num_samples": sweep.num_samples,
-                "sweep.metric": sweep.metric,
-                "sweep.mode": sweep.mode,
-                "sweep.scheduler": sweep.scheduler.name,
-            },
-            config=base.container,
-        ))
-        return experiment_id, opened[0]
-
-    # Ray starts (or is joined and checked: a refusal is still bad input, exit 2); from
-    # then on things start, and failures are ours (exit 1). MLflow is set up while Ray
-    # starts when nothing after the start can be refused (a local cluster).
-    from pipelines.cli import STARTED
-
-    phases = {"perf/startup_s": time.time() - STARTED}
-    clock = time.perf_counter()
-    try:
-        capacity, (experiment_id, parent) = join_and_check(cfg.cluster, uri, storage,
-                                                           plan.trials, then=open_tracking)
-    except Exception as e:
-        for run in opened:  # Ray failed to start while the parent run was being made
-            run.finish("FAILED")
-        if isinstance(e, UserError) and opened:
-            raise RuntimeError(str(e)) from e  # too late to leave nothing behind
-        raise
-    phases["perf/ray_start_and_mlflow_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    cluster_record = capacity.summary()
-    if parent:
-        parent.set_tags(cluster_tags(cluster_record))
-        write_json_artifact(parent, cluster_record, "cluster.json")
-    ctx = TrialContext(
-        name=name, uid=uid, fixed=fixed, tracking_uri=uri, experiment_id=experiment_id,
-        experiment_name=experiment_name, parent_run_id=parent.run_id if parent else None,
-        git_commit=commit, space=plan.space_text, settings=settings, cluster=cluster_record,
-    )
-    if "://" not in storage:
-        (Path(storage) / name).mkdir(parents=True, exist_ok=True)
-        (Path(storage) / name / CONTEXT_FILE).write_text(json.dumps(ctx.to_json(), indent=2))
+def build_tuner(launch: Launch, ctx: TrialContext):
+    """Phase 4's Tuner: the search space, searcher and scheduler of the plan, a trial's
+    resources, what a failure retries, and the driver's callbacks."""
     from ray import tune
 
-    tuner = tune.Tuner(
-        _trainable(ctx, cfg.cluster, plan),
-        param_space=space,
+    cfg, sweep_cfg = launch.cfg, launch.cfg.sweep
+    return tune.Tuner(
+        _trainable(ctx, cfg.cluster, launch.plan),
+        param_space=launch.space,
         tune_config=tune.TuneConfig(
-            metric=sweep.metric,
-            mode=sweep.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=sweep.num_samples,
-            max_concurrent_trials=sweep.max_concurrent_trials,
+            metric=sweep_cfg.metric,
+            mode=sweep_cfg.mode,
+            search_alg=_searcher(sweep_cfg, launch.settings.search, cfg.seed),
+            scheduler=_scheduler(sweep_cfg),
+            num_samples=sweep_cfg.num_samples,
+            max_concurrent_trials=sweep_cfg.max_concurrent_trials,
             reuse_actors=cfg.cluster.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
         ),
-        run_config=_run_config(ctx, storage, cfg.cluster),
+        run_config=_run_config(ctx, launch.storage, cfg.cluster),
     )
+
+
+def launch(plan: SweepPlan, kind: str, started: float) -> int:
+    """Run a sweep (kind='sweep') or a single run (kind='train') as a Tune run, phase by
+    phase; `started`: when the entry point started its work (time.time()), the origin of
+    the sweep's perf/startup_s."""
+    the_launch = plan_launch(plan, kind)
+    phases = {"perf/startup_s": time.time() - started}
+    clock = time.perf_counter()
+    ctx, parent = start(the_launch)
+    phases["perf/ray_start_and_mlflow_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    tuner = build_tuner(the_launch, ctx)
     phases["perf/tune_setup_s"] = time.perf_counter() - clock
-    return _fit(tuner, ctx, parent, storage, phases)
+    return fit(tuner, ctx, parent, phases)
 
 
 def resume(name: str, cluster: ClusterConfig) -> int:
@@ -315,13 +423,13 @@ def resume(name: str, cluster: ClusterConfig) -> int:
             f"resume={name}: no sweep of that name in {storage}; "
             f"known: {', '.join(known) or 'none'}"
         )
-    ctx = TrialContext(**json.loads(ctx_file.read_text()))
+    ctx = TrialContext.from_json(json.loads(ctx_file.read_text()))
     check_tracking(ctx.tracking_uri)
     from ray import tune
 
     if not tune.Tuner.can_restore(str(path)):
         raise UserError(f"resume={name}: {path} holds no Tune state to resume from")
-    saved_cluster = ClusterConfig(**ctx.settings["cluster"])
+    saved_cluster = ctx.settings.cluster
     start_ray(cluster if cluster.address else saved_cluster, ctx.tracking_uri)
     ctx.cluster = running_capacity(cluster.address or saved_cluster.address).summary()
     parent = None
@@ -332,16 +440,16 @@ def resume(name: str, cluster: ClusterConfig) -> int:
     tuner = tune.Tuner.restore(
         str(path), trainable=_trainable(ctx, saved_cluster), resume_errored=True
     )
-    return _fit(tuner, ctx, parent, storage)
+    return fit(tuner, ctx, parent)
 
 
-def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
-         phases: dict[str, float] | None = None) -> int:
-    """Run the Tuner; then the summary, the failures, and how to see the results.
-    `phases`: seconds of the launch's phases so far, logged on the parent with the rest."""
+def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
+        phases: dict[str, float] | None = None) -> int:
+    """Phase 4, then 5 and 6: run the Tuner; then the summary and the registration (while
+    Ray shuts down), the failures, and how to see the results. `phases`: seconds of the
+    launch's phases so far, logged on the parent with the rest."""
     phases = dict(phases or {})
-    metric, mode = ctx.settings["metric"], ctx.settings["mode"]
-    if not ProgressConfig(**ctx.settings.get("progress", {})).tune_verbose:
+    if not ctx.settings.progress.tune_verbose:
         # Tune's newer console output prints its header box whatever the verbosity; its
         # older one prints nothing at 0, leaving the status line alone.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -352,8 +460,8 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
     except KeyboardInterrupt:
         if parent:
             parent.finish("KILLED")
-        entry = "train" if ctx.settings.get("kind") == "train" else "sweep"
-        print(f"Interrupted. Resume with: python -m pipelines.{entry} resume={ctx.name}")
+        print(f"Interrupted. Resume with: python -m pipelines.{ctx.settings.kind} "
+              f"resume={ctx.name}")
         return EXIT_INTERRUPTED
     except BaseException:
         if parent:
@@ -365,48 +473,13 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
 
     phases["perf/sweep_wall_s"] = time.perf_counter() - started
     clock = time.perf_counter()
-    summary = None
-    if parent and not INTERRUPTED.is_set():
-        from concurrent.futures import ThreadPoolExecutor
-
-        from pipelines.summary import summarize_sweep
-
-        def summarize_and_register() -> str:
-            from pipelines.summary import winners
-
-            rows, text = summarize_sweep(
-                parent, ctx.experiment_id, metric, mode,
-                ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
-            registered = [_register(ctx, env, row.top_run_id, parent)
-                          for env, row in winners(rows).items()]
-            return "\n".join([text, *filter(None, registered)])
-
-        # The summary (MLflow reads, statistics, plots) and the registration of each env's
-        # best model are made while Ray shuts down.
-        worker = ThreadPoolExecutor(1, thread_name_prefix="rlpipe-summary")
-        summary = worker.submit(summarize_and_register)
-        worker.shutdown(wait=False)
+    summary = summarize_and_register(ctx, parent) if parent and not INTERRUPTED.is_set() \
+        else None
+    clear_progress(ctx)
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
     phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
-    unfinished = _unfinished_trials(results) if INTERRUPTED.is_set() else []
     if INTERRUPTED.is_set():
-        # Tune stopped on Ctrl+C (SIGINT) and saved its state: nothing is lost, the
-        # unfinished trials continue from their checkpoints on resume.
-        for trial_id in filter(None, unfinished):
-            run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
-            if run is not None:
-                # The trial's own thread saw a stop and may have called it early-stopped.
-                if "tune.stopped_early" in run.data.tags:
-                    RunLogger(ctx.tracking_uri, run.info.run_id, 0).client.delete_tag(
-                        run.info.run_id, "tune.stopped_early"
-                    )
-                set_run_status(ctx.tracking_uri, run.info.run_id, "KILLED", only_if_running=False)
-        if parent:
-            parent.finish("KILLED")
-        entry = "train" if ctx.settings.get("kind") == "train" else "sweep"
-        print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
-              f"Resume with: python -m pipelines.{entry} resume={ctx.name}")
-        return EXIT_INTERRUPTED
+        return interrupted(ctx, parent, results)
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
     if summary is not None:
@@ -421,12 +494,12 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         # Where the sweep's time went (benchmarks/sweep_efficiency adds them up).
         parent.log_metrics({**phases, "perf/trials": len(results)})
     else:
-        print(_summary_table(results, ctx, metric))
-        if ctx.settings.get("register") and results and not errors and not failed:
+        print(_summary_table(results, ctx, ctx.settings.metric))
+        if ctx.settings.register and results and not errors and not failed:
             run = find_run(ctx.tracking_uri, ctx.experiment_id,
                            run_key(ctx, results[0].metrics.get("trial_id", "")))
             if run is not None:
-                print(_register(ctx, ctx.settings.get("env") or "env", run.info.run_id, None)
+                print(_register(ctx, ctx.settings.env or "env", run.info.run_id, None)
                       or "Not registered (see the warning above)")
     for r in errors:
         print(f"Trial failed: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
@@ -437,6 +510,62 @@ def _fit(tuner, ctx: TrialContext, parent: RunLogger | None, storage: str,
         parent.finish("FAILED" if errors or failed else "FINISHED")
     print(ui_hint(ctx.tracking_uri, ctx.experiment_id, ctx.experiment_name))
     return 1 if errors or failed else 0
+
+
+def clear_progress(ctx: TrialContext) -> None:
+    """Remove the trials' progress notes from the cluster's key-value store (a remote
+    cluster outlives the launch)."""
+    try:
+        private_api.kv_delete(ctx.progress_key(""))
+    except Exception as e:  # the notes are a status line's: never fail over them
+        log.debug("progress notes not removed: %s", e)
+
+
+def interrupted(ctx: TrialContext, parent: RunLogger | None, results) -> int:
+    """Tune stopped on Ctrl+C (SIGINT) and saved its state: nothing is lost, the unfinished
+    trials continue from their checkpoints on resume. Their runs, and the parent, are
+    marked KILLED."""
+    unfinished = _unfinished_trials(results)
+    for trial_id in filter(None, unfinished):
+        run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
+        if run is not None:
+            # The trial's own thread saw a stop and may have called it early-stopped.
+            if "tune.stopped_early" in run.data.tags:
+                RunLogger(ctx.tracking_uri, run.info.run_id, 0).client.delete_tag(
+                    run.info.run_id, "tune.stopped_early"
+                )
+            set_run_status(ctx.tracking_uri, run.info.run_id, "KILLED", only_if_running=False)
+    if parent:
+        parent.finish("KILLED")
+    print(f"Interrupted with {len(unfinished)} trial(s) unfinished; their state is saved. "
+          f"Resume with: python -m pipelines.{ctx.settings.kind} resume={ctx.name}")
+    return EXIT_INTERRUPTED
+
+
+# ----- 5. summarize, 6. register ------------------------------------------------------------
+
+
+def summarize_and_register(ctx: TrialContext, parent: RunLogger) -> Future:
+    """Phases 5 and 6, in a thread while Ray shuts down: the sweep's summary (MLflow
+    reads, statistics, plots) logged on its parent run, and each env's best model
+    registered. The future's result is the text to print."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.stats import winners
+    from pipelines.summary import summarize_sweep
+
+    def work() -> str:
+        rows, text = summarize_sweep(
+            parent, ctx.experiment_id, ctx.settings.metric, ctx.settings.mode,
+            ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
+        registered = [_register(ctx, env, row.top_run_id, parent)
+                      for env, row in winners(rows).items()]
+        return "\n".join([text, *filter(None, registered)])
+
+    worker = ThreadPoolExecutor(1, thread_name_prefix="rlpipe-summary")
+    future = worker.submit(work)
+    worker.shutdown(wait=False)
+    return future
 
 
 def _register(ctx: TrialContext, env: str, run_id: str,

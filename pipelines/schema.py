@@ -10,10 +10,18 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from algos.core import validation as v
 from algos.core.envs import EnvConfig
+from algos.core.metrics import EVAL_SCORE
+from algos.core.validation import ConfigValueError, at_least, one_of, positive
 from algos.registry import ALGORITHMS
 
+RUN_SETTINGS = ("tracking", "cluster", "resume", "sweep", "progress", "report", "evaluate",
+                "hydra")
+"""Top-level keys that say how and where a run is done, recorded and shown, never what it
+trains: they cannot be swept, and no two configurations differ by them."""
+NOT_CONFIG = ("seed", *RUN_SETTINGS)
+"""Top-level keys that never tell one configuration from another: the run settings and
+the seed (a configuration's seeds are its repeats)."""
 SEARCHES = ("auto", "grid", "random", "optuna")
 SCHEDULERS = ("none", "asha")
 
@@ -43,9 +51,9 @@ class TrackingConfig:
     memory) in each trial's run; 0: none."""
 
     def __post_init__(self) -> None:
-        v.at_least(self, "flush_every_s", 0.0)
-        v.at_least(self, "max_points_per_report", 0)
-        v.at_least(self, "system_metrics_every_s", 0.0)
+        at_least(self, "flush_every_s", 0.0)
+        at_least(self, "max_points_per_report", 0)
+        at_least(self, "system_metrics_every_s", 0.0)
 
 
 @dataclass
@@ -83,38 +91,38 @@ class ClusterConfig:
     report always checkpoints; a failed trial restarts from its newest checkpoint."""
 
     def __post_init__(self) -> None:
-        v.one_of(self, "kind", ("local", "remote"))
+        one_of(self, "kind", ("local", "remote"))
         if self.kind == "remote" and not self.address:
-            raise v.ConfigValueError(
+            raise ConfigValueError(
                 "address", self.address, "required with cluster=remote: host:port of the Ray "
                 "head (or auto on a node of the cluster)"
             )
         if self.kind == "local":
             if self.address:
-                raise v.ConfigValueError(
+                raise ConfigValueError(
                     "address", self.address, "only with cluster=remote (cluster=local always "
                     "starts a Ray of its own)")
             for key in ("runtime_env", "autoscaling"):
                 if getattr(self, key):
-                    raise v.ConfigValueError(key, True, "only with cluster=remote")
+                    raise ConfigValueError(key, True, "only with cluster=remote")
         else:
             for key in ("num_cpus", "num_gpus"):
                 if getattr(self, key) is not None:
-                    raise v.ConfigValueError(
+                    raise ConfigValueError(
                         key, getattr(self, key), "only with cluster=local (a remote "
                         "cluster's nodes declare their own resources)")
         for key in ("num_cpus", "num_gpus"):
             if getattr(self, key) is not None:
-                v.at_least(self, key, 0 if key == "num_gpus" else 1)
-        v.at_least(self, "cpus_per_trial", 0.0)
-        v.at_least(self, "gpus_per_trial", 0.0)
+                at_least(self, key, 0 if key == "num_gpus" else 1)
+        at_least(self, "cpus_per_trial", 0.0)
+        at_least(self, "gpus_per_trial", 0.0)
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise v.ConfigValueError("gpus_per_trial", self.gpus_per_trial,
+            raise ConfigValueError("gpus_per_trial", self.gpus_per_trial,
                                      "a share of one GPU (<= 1) or a whole number of GPUs")
-        v.at_least(self, "max_failures", 0)
-        v.at_least(self, "checkpoint_every_s", 0.0)
+        at_least(self, "max_failures", 0)
+        at_least(self, "checkpoint_every_s", 0.0)
         if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
-            raise v.ConfigValueError("cpus_per_trial", 0, "a trial must reserve a CPU or a GPU")
+            raise ConfigValueError("cpus_per_trial", 0, "a trial must reserve a CPU or a GPU")
 
 
 @dataclass
@@ -133,12 +141,12 @@ class SchedulerConfig:
     """ASHA keeps 1/reduction_factor of the trials at each rung."""
 
     def __post_init__(self) -> None:
-        v.one_of(self, "name", SCHEDULERS)
-        v.positive(self, "max_t", "grace_period")
+        one_of(self, "name", SCHEDULERS)
+        positive(self, "max_t", "grace_period")
         if not self.reduction_factor > 1:
-            raise v.ConfigValueError("reduction_factor", self.reduction_factor, "must be > 1")
+            raise ConfigValueError("reduction_factor", self.reduction_factor, "must be > 1")
         if self.grace_period > self.max_t:
-            raise v.ConfigValueError("grace_period", self.grace_period, "must be <= max_t")
+            raise ConfigValueError("grace_period", self.grace_period, "must be <= max_t")
 
 
 @dataclass
@@ -151,7 +159,7 @@ class SweepConfig:
     """override -> expression: 'a,b', choice(...), range(...), interval(...), tag(log, ...)."""
     num_samples: int = 1
     """Trials to sample (random, optuna), or repeats of the whole grid (grid)."""
-    metric: str = "eval/score"
+    metric: str = EVAL_SCORE
     """The metric that ranks trials."""
     mode: str = "max"
     """max or min."""
@@ -162,11 +170,11 @@ class SweepConfig:
     """Upper bound on trials at once (null: as many as the cluster fits)."""
 
     def __post_init__(self) -> None:
-        v.positive(self, "num_samples")
-        v.one_of(self, "mode", ("max", "min"))
-        v.one_of(self, "search", SEARCHES)
+        positive(self, "num_samples")
+        one_of(self, "mode", ("max", "min"))
+        one_of(self, "search", SEARCHES)
         if self.max_concurrent_trials is not None:
-            v.positive(self, "max_concurrent_trials")
+            positive(self, "max_concurrent_trials")
 
 
 @dataclass
@@ -189,10 +197,10 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.episodes is not None:
-            v.positive(self, "episodes")
-        v.at_least(self, "seed", 0)
+            positive(self, "episodes")
+        at_least(self, "seed", 0)
         if self.model and self.run_id:
-            raise v.ConfigValueError("run_id", self.run_id, "give evaluate.model or "
+            raise ConfigValueError("run_id", self.run_id, "give evaluate.model or "
                                      "evaluate.run_id, not both")
 
 
@@ -209,8 +217,8 @@ class ProgressConfig:
     3 with detailed ones."""
 
     def __post_init__(self) -> None:
-        v.at_least(self, "every_s", 0.0)
-        v.one_of(self, "tune_verbose", (0, 1, 2, 3))
+        at_least(self, "every_s", 0.0)
+        one_of(self, "tune_verbose", (0, 1, 2, 3))
 
 
 @dataclass
@@ -237,7 +245,7 @@ class PipelineConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
-        v.at_least(self, "seed", 0)
+        at_least(self, "seed", 0)
 
 
 def register() -> None:

@@ -10,16 +10,35 @@ config from the fixed overrides plus one value per dimension, so config groups s
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.types import Override
 
-from pipelines.config import Composed, UserError, compose_config, load, parse_overrides
+from pipelines.config import (
+    Composed,
+    UserError,
+    compose_and_check,
+    compose_config,
+    parse_overrides,
+)
+from pipelines.schema import NOT_CONFIG, RUN_SETTINGS
 
-UNSWEEPABLE = ("sweep", "tracking", "cluster", "resume", "hydra", "progress", "report",
-               "evaluate")
 FULL_CHECK_LIMIT = 256
+CONFIG_TAG = "config"
+"""Tag of every trial's run: its configuration (Group by in the MLflow UI)."""
+BASE_CONFIG = "base"
+"""The configuration of a sweep that sweeps nothing but seeds."""
+
+
+def config_label(overrides: Iterable[str]) -> str:
+    """One configuration as one value: its overrides without the seed (and without where
+    it ran and was logged: NOT_CONFIG), sorted, space-separated; `base` when nothing is
+    left."""
+    kept = sorted(o for o in overrides
+                  if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in NOT_CONFIG)
+    return " ".join(kept) or BASE_CONFIG
 
 
 @dataclass
@@ -84,7 +103,7 @@ def _root_key(o: Override) -> str:
 def _as_dimension(o: Override) -> Dimension:
     key = o.get_key_element()
     text = o.input_line.split("=", 1)[1] if o.input_line else ""
-    if _root_key(o) in UNSWEEPABLE:
+    if _root_key(o) in RUN_SETTINGS:
         raise UserError(f"{key}={text}: {_root_key(o)} settings cannot be swept")
     if o.is_discrete_sweep():
         if o.value_type is not None and o.value_type.name == "GLOB_CHOICE_SWEEP":
@@ -139,11 +158,11 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
     continuous = [d for d in dims if not d.discrete]
     if continuous:
         # An interval over an int-typed key samples ints: read the key's type first.
-        without = load(fixed + [d.first() for d in dims if d.discrete]).container
+        without = compose_and_check(fixed + [d.first() for d in dims if d.discrete]).container
         for d in continuous:
             current = _lookup(without, d.key)
             d.integer = isinstance(current, int) and not isinstance(current, bool)
-    base = load(fixed + [d.first() for d in dims])
+    base = compose_and_check(fixed + [d.first() for d in dims])
     trials = _validate_space(fixed, dims)
     space_text = {d.key: d.expression for d in dims}
     return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text, trials=trials)
@@ -176,7 +195,7 @@ def _validate_space(
     trials = []
     for combo in combos:
         try:
-            trials.append((tuple(combo), load(fixed + list(combo))))
+            trials.append((tuple(combo), compose_and_check(fixed + list(combo))))
         except UserError as e:
             where = " ".join(combo)
             raise UserError(f"{e} (in the trial {where})" if where else str(e)) from None

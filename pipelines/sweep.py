@@ -6,8 +6,9 @@ Any override whose value is a sweep expression is a search dimension; the rest a
 
 from __future__ import annotations
 
+import time
+
 from pipelines.cli import exit_with, run_main
-from pipelines.config import UserError, compose_config, parse_overrides
 
 SUMMARY = (
     "Run a Ray Tune sweep: one trial per configuration, one MLflow child run per trial\n"
@@ -25,36 +26,16 @@ EXAMPLES = [
 ]
 
 
-def sweep_body(args: list[str]) -> int:
-    """Run the sweep the overrides describe (or resume one)."""
-    from pipelines import runner
-    from pipelines.space import plan_sweep
-
-    parsed = parse_overrides(args)
-    if any(o.key_or_group == "resume" for o in parsed):
-        return resume_from(parsed)
-    return runner.launch(plan_sweep(args), kind="sweep")
-
-
-def resume_from(parsed) -> int:
-    """Resume the Tune run named by `resume=`; only cluster.* may come with it."""
-    from pipelines import runner
-
-    others = [o.input_line for o in parsed
-              if o.key_or_group != "resume" and not o.key_or_group.startswith("cluster")]
-    if others:
-        raise UserError(
-            f"{others[0]}: a resumed run keeps its own settings; only cluster.* "
-            "may be given with resume="
-        )
-    composed = compose_config([o.input_line for o in parsed])
-    return runner.resume(composed.cfg.resume, composed.cfg.cluster)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point (its exit code)."""
-    return run_main("pipelines.sweep", SUMMARY, EXAMPLES, sweep_body, argv,
-                    multirun=sweep_body)
+    started = time.time()
+
+    def sweep(args: list[str]) -> int:
+        from pipelines import runner
+
+        return runner.sweep(args, started)
+
+    return run_main("pipelines.sweep", SUMMARY, EXAMPLES, sweep, argv, multirun=sweep)
 
 
 def command() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
 from pipelines.cli import exit_with, run_main
-from pipelines.config import UserError, parse_overrides
 
 SUMMARY = "Train one configuration as a single Tune trial, recorded as one MLflow run."
 EXAMPLES = [
@@ -17,35 +18,21 @@ EXAMPLES = [
 ]
 
 
-def _body(args: list[str]) -> int:
-    from pipelines import runner
-    from pipelines.space import plan_sweep
-
-    parsed = parse_overrides(args)
-    for o in parsed:
-        if o.is_sweep_override():
-            raise UserError(
-                f"{o.input_line}: a sweep expression; run sweeps with python -m pipelines.sweep"
-            )
-        if o.key_or_group.startswith("sweep"):
-            raise UserError(f"{o.input_line}: sweep settings belong to python -m pipelines.sweep")
-    if any(o.key_or_group == "resume" for o in parsed):
-        from pipelines.sweep import resume_from
-
-        return resume_from(parsed)
-    return runner.launch(plan_sweep(args, sweep_params=False), kind="train")
-
-
-def _multirun(args: list[str]) -> int:
-    """-m/--multirun: the overrides run as a sweep, as Hydra's multirun would."""
-    from pipelines.sweep import sweep_body
-
-    return sweep_body(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point (its exit code)."""
-    return run_main("pipelines.train", SUMMARY, EXAMPLES, _body, argv, multirun=_multirun)
+    started = time.time()
+
+    def train(args: list[str]) -> int:
+        from pipelines import runner
+
+        return runner.train(args, started)
+
+    def multirun(args: list[str]) -> int:  # -m: the overrides run as a sweep, as Hydra's
+        from pipelines import runner
+
+        return runner.sweep(args, started)
+
+    return run_main("pipelines.train", SUMMARY, EXAMPLES, train, argv, multirun=multirun)
 
 
 def command() -> None:

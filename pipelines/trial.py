@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from algos.core.finite import NonFiniteError
+from algos.core.metrics import ENV_STEPS, EPISODE_RETURN
 from algos.registry import get_algorithm
+from pipelines import private_api
 from pipelines.cluster import cluster_tags, node_tags
-from pipelines.config import Composed, flat_params, load
+from pipelines.config import Composed, compose_and_check, flat_params
 from pipelines.models import log_agents
-from pipelines.summary import CONFIG_TAG, config_label
-from pipelines.tracking import (
-    RunLogger,
-    is_outage,
-    start_system_metrics,
-    stop_system_metrics,
-)
+from pipelines.schema import ClusterConfig, ProgressConfig
+from pipelines.space import CONFIG_TAG, config_label
+from pipelines.system_metrics import start_system_metrics, stop_system_metrics
+from pipelines.tracking import RunLogger, find_run, is_outage
 
 STATE_FILE = "state.pkl"
 STEP_FILE = "step.json"
@@ -43,6 +42,40 @@ PROGRESS_KEY, RECENT_RETURN_KEY = "rlpipe/progress", "rlpipe/recent_return"
 """Keys of a trial's Tune results (not logged to MLflow) for the driver's status line: the
 fraction of its training budget done, the mean return of the episodes since the last
 report."""
+
+
+@dataclass
+class RunSettings:
+    """How the trials of one launch run and are judged: what the driver, its callbacks
+    and a resume need beside the trials' overrides."""
+
+    kind: str
+    """sweep (python -m pipelines.sweep) or train (one run)."""
+    metric: str
+    """The metric that ranks trials (sweep.metric)."""
+    mode: str
+    """max or min."""
+    search: str
+    """How dimensions become trials (sweep.search, resolved)."""
+    num_samples: int
+    trials: int
+    """Trials the launch plans (the status line's total)."""
+    budget: tuple[str, float]
+    """(the metric that counts toward a trial's training budget, the budget)."""
+    cluster: ClusterConfig
+    progress: ProgressConfig
+    env: str | None = None
+    """The env option of the launch's first trial (a train run registers its model under
+    it)."""
+    register: bool = False
+    """Register the run's best model (train with tracking.register=true)."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunSettings:
+        """From to_json()'s settings."""
+        return cls(**{**data, "budget": tuple(data["budget"]),
+                      "cluster": ClusterConfig(**data["cluster"]),
+                      "progress": ProgressConfig(**data["progress"])})
 
 
 @dataclass
@@ -60,17 +93,25 @@ class TrialContext:
     experiment_name: str
     parent_run_id: str | None
     git_commit: str
+    settings: RunSettings
     space: dict[str, str] = field(default_factory=dict)
     """The swept keys and their expressions, as written."""
-    settings: dict[str, Any] = field(default_factory=dict)
-    """The sweep settings (search, metric, mode, ...), for a resume to rebuild the Tuner."""
     cluster: dict[str, Any] = field(default_factory=dict)
     """The cluster the run started on (Capacity.summary()): recorded on the parent run, or
     on a train run's own run."""
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data."""
+        """Plain data (saved beside the Tune run, for a resume)."""
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialContext:
+        """From to_json()."""
+        return cls(**{**data, "settings": RunSettings.from_json(data["settings"])})
+
+    def progress_key(self, trial_id: str) -> str:
+        """Where a trial leaves its progress between reports for the driver."""
+        return f"progress/{self.uid}/{trial_id}"
 
 
 def trial_overrides(ctx: TrialContext, config: dict[str, Any]) -> list[str]:
@@ -99,7 +140,7 @@ def load_state(folder: str | Path) -> tuple[dict[str, Any], int]:
     return state, json.loads(step_file.read_text())["step"] if step_file.exists() else 0
 
 
-def thin(series: Sequence[tuple], max_points: int) -> list[tuple]:
+def downsample(series: Sequence[tuple], max_points: int) -> list[tuple]:
     """At most `max_points` points: consecutive points averaged in near-equal groups, each
     stepped (and, for (step, value, time) points, stamped) at its group's last point. 0
     keeps them all."""
@@ -148,10 +189,13 @@ class TrialReporter:
         flush_every_s: float,
         max_points_per_report: int = 0,
         budget: tuple[str, float] | None = None,
+        progress_key: str | None = None,
     ) -> None:
         self.logger = logger
         self.budget = budget
         """(the metric that counts toward the training budget, the budget)."""
+        self.progress_key = progress_key
+        """Where progress notes go for the driver's status line (None: nowhere)."""
         self.max_points = max_points_per_report
         self.checkpoint_every_s = checkpoint_every_s
         self.flush_every_s = flush_every_s
@@ -212,13 +256,24 @@ class TrialReporter:
         out = {}
         if self.budget:
             counter, total = self.budget
-            done = step if counter == "train/env_steps" else metrics.get(counter)
+            done = step if counter == ENV_STEPS else metrics.get(counter)
             if done is not None and total > 0:
                 out[PROGRESS_KEY] = min(1.0, float(done) / total)
-        returns = (history or {}).get("train/episode_return")
+        returns = (history or {}).get(EPISODE_RETURN)
         if returns:
             out[RECENT_RETURN_KEY] = sum(p[1] for p in returns) / len(returns)
         return out
+
+    def progress(self, step: int, done: float) -> None:
+        """Between reports: leave the fraction of the budget done where the driver's status
+        line reads it (the cluster's key-value store; never fails the trial)."""
+        if self.progress_key is None or not self.budget or self.budget[1] <= 0:
+            return
+        try:
+            private_api.kv_put(self.progress_key, json.dumps(
+                {"done": min(1.0, float(done) / self.budget[1]), "step": int(step)}).encode())
+        except Exception as e:  # a status line must never stop training
+            log.debug("progress note not written: %s", e)
 
     def report(
         self,
@@ -232,9 +287,8 @@ class TrialReporter:
         from ray import tune
 
         self.last_step = step
-        result = {**metrics, "train/env_steps": float(step), **self._progress(step, metrics,
-                                                                               history)}
-        history = {k: thin(v, self.max_points) for k, v in (history or {}).items()}
+        result = {**metrics, ENV_STEPS: float(step), **self._progress(step, metrics, history)}
+        history = {k: downsample(v, self.max_points) for k, v in (history or {}).items()}
         self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
         checkpoint = state is not None and (
@@ -263,15 +317,13 @@ class TrialReporter:
             self.seconds["checkpoint"] += time.monotonic() - started
 
 
-def open_run(ctx: TrialContext, composed: Composed, trial_id: str,
-             where: dict[str, Any]) -> RunLogger:
-    """Create (or continue, after a failure) the trial's MLflow run; `where` are the tags
-    of where it runs, set again on a retry (which may run elsewhere)."""
-    cfg = composed.cfg
+def run_tags(ctx: TrialContext, composed: Composed, trial_id: str) -> dict[str, Any]:
+    """The tags a trial's run is created with: what it trains, its configuration (a
+    sweep's swept overrides; a train run's own), the code and the sweep."""
     tags = {
         "algo": composed.choices.get("algo"),
         "env": composed.choices.get("env"),
-        "seed": cfg.seed,
+        "seed": composed.cfg.seed,
         "git_commit": ctx.git_commit,
         "mlflow.source.git.commit": ctx.git_commit,
         "tune.trial_id": trial_id,
@@ -280,20 +332,53 @@ def open_run(ctx: TrialContext, composed: Composed, trial_id: str,
     if composed.choices.get("experiment"):
         tags["experiment"] = composed.choices["experiment"]
     swept = [o for o in composed.overrides if o not in ctx.fixed]
-    # A sweep's configurations differ in their swept overrides; a train run is its own.
     tags[CONFIG_TAG] = config_label(swept if ctx.parent_run_id else composed.overrides)
-    run_name = ",".join(swept) if ctx.parent_run_id else ctx.name
-    return RunLogger.open(
-        ctx.tracking_uri,
-        ctx.experiment_id,
-        run_key(ctx, trial_id),
-        run_name=run_name or ctx.name,
-        tags={**tags, **where},
-        params=flat_params(composed.container),
-        config=composed.container,
-        parent_run_id=ctx.parent_run_id,
-        continued_tags=where,
-    )
+    return tags
+
+
+def where_it_runs(ctx: TrialContext, composed: Composed) -> dict[str, str]:
+    """Tags of where the trial runs: the node, its GPUs, the learner's device; and for a
+    train run (no parent to hold it) the cluster. Set again on a retry, which may run
+    elsewhere."""
+    where = node_tags()
+    device = getattr(composed.cfg.algo, "device", None)
+    if device:  # a network's learner (torch is imported only where there is one)
+        from algos.core.networks import resolve_device
+
+        where["learner.device"] = str(resolve_device(device))
+    if not ctx.parent_run_id and ctx.cluster:
+        where.update(cluster_tags(ctx.cluster))
+    return where
+
+
+def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger | None:
+    """The trial's MLflow run: created, or continued after a failure or a resume (found by
+    its run key). None when the run already finished with its models logged: a resumed
+    sweep whose saved state did not record that the trial had ended."""
+    key = run_key(ctx, trial_id)
+    existing = find_run(ctx.tracking_uri, ctx.experiment_id, key)
+    if existing is not None and existing.info.status == "FINISHED" and (
+            "model.final" in existing.data.tags):
+        return None
+    where = where_it_runs(ctx, composed)
+    if existing is not None:
+        return RunLogger.continue_run(ctx.tracking_uri, existing, where)
+    swept = [o for o in composed.overrides if o not in ctx.fixed]
+    return RunLogger.create(
+        ctx.tracking_uri, ctx.experiment_id, key,
+        run_name=(",".join(swept) if ctx.parent_run_id else ctx.name) or ctx.name,
+        tags={**run_tags(ctx, composed, trial_id), **where},
+        params=flat_params(composed.container), config=composed.container,
+        parent_run_id=ctx.parent_run_id)
+
+
+def report_finished_run(ctx: TrialContext, trial_id: str) -> None:
+    """Tell Tune the last result of a trial whose run had already finished (open_run gave
+    None): its metrics as the run holds them, nothing logged again."""
+    from ray import tune
+
+    run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
+    tune.report({**run.data.metrics, PROGRESS_KEY: 1.0})
 
 
 def budget_of(algorithm, algo_cfg) -> tuple[str, float]:
@@ -305,10 +390,22 @@ def budget_of(algorithm, algo_cfg) -> tuple[str, float]:
 def quiet_ray_logs() -> None:
     """Ray Train/Tune log every checkpoint, MLflow every model's input example, at INFO from
     the trial; keep warnings only."""
-    import logging
-
     for name in ("ray.train", "ray.tune", "mlflow.pyfunc", "mlflow.models"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def restore_checkpoint(logger: RunLogger) -> tuple[dict[str, Any] | None, int]:
+    """The algorithm's state and its report step from Tune's checkpoint of this trial, if
+    it has one (the run is tagged with where it came from); else (None, 0)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None, 0
+    with checkpoint.as_directory() as folder:
+        state, step = load_state(folder)
+    logger.set_tags({"rlpipe.restored_from": checkpoint.path})
+    return state, step
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -317,34 +414,20 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     entered = time.monotonic()
     quiet_ray_logs()
-    composed = load(trial_overrides(ctx, config))
+    composed = compose_and_check(trial_overrides(ctx, config))
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
-    # Where it runs (a retry may run elsewhere: the tags say where it ran last).
-    where = node_tags()
-    if getattr(cfg.algo, "device", None):  # a network's learner (torch only where one is)
-        from algos.core.networks import resolve_device
-
-        where["learner.device"] = str(resolve_device(cfg.algo.device))
-    if not ctx.parent_run_id and ctx.cluster:
-        where.update(cluster_tags(ctx.cluster))
-    logger = open_run(ctx, composed, trial_id, where)
-    checkpoint = tune.get_checkpoint()
-    state, resumed_step = None, 0
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state, resumed_step = load_state(folder)
-        logger.set_tags({"rlpipe.restored_from": checkpoint.path})
+    logger = open_run(ctx, composed, trial_id)
+    if logger is None:
+        report_finished_run(ctx, trial_id)
+        return
+    state, resumed_step = restore_checkpoint(logger)
     monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
-                                   resume=checkpoint is not None)
-    reporter = TrialReporter(
-        logger,
-        cfg.cluster.checkpoint_every_s,
-        cfg.tracking.flush_every_s,
-        cfg.tracking.max_points_per_report,
-        budget_of(algorithm, cfg.algo),
-    )
+                                   resume=logger.existed)
+    reporter = TrialReporter(logger, cfg.cluster.checkpoint_every_s,
+                             cfg.tracking.flush_every_s, cfg.tracking.max_points_per_report,
+                             budget_of(algorithm, cfg.algo), ctx.progress_key(trial_id))
     reporter.last_step = resumed_step
     try:
         training = time.monotonic()
@@ -353,7 +436,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         reporter.flush()
         logging_models = time.monotonic()
         log_agents(logger, result, composed, reporter.last_step)
-        models_logged = time.monotonic()
+        models_s = time.monotonic() - logging_models
     except SystemExit:
         # tune.report exits the trial's thread when the scheduler stops the trial early.
         reporter.flush()
@@ -371,8 +454,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logger.set_tags({FAILURE_TAG: "non_finite", f"{FAILURE_TAG}.message": str(e)})
         logger.finish("FAILED")
         print(f"Trial {trial_id} failed: {e}", file=sys.stderr)
-        tune.report({ctx.settings["metric"]: float("nan"), FAILURE_KEY: "non_finite",
-                     FAILURE_MESSAGE_KEY: str(e), "train/env_steps": float(e.step)})
+        tune.report({ctx.settings.metric: float("nan"), FAILURE_KEY: "non_finite",
+                     FAILURE_MESSAGE_KEY: str(e), ENV_STEPS: float(e.step)})
         return
     except BaseException:
         reporter.flush()
@@ -386,7 +469,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         "perf/trial_setup_s": training - entered,
         "perf/trial_train_s": trained - training - sum(spent.values()),
         **{f"perf/trial_{k}_s": v for k, v in spent.items()},
-        "perf/trial_models_s": models_logged - logging_models,
-        "perf/trial_teardown_s": time.monotonic() - trained - (models_logged - logging_models),
+        "perf/trial_models_s": models_s,
+        "perf/trial_teardown_s": time.monotonic() - trained - models_s,
     })
     logger.finish("FINISHED")

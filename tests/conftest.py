@@ -77,6 +77,64 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr, cwd, started)
 
 
+def assert_no_step_twice(client, run) -> None:
+    """Every metric of the run, system/* and perf/* included, holds each step once."""
+    from collections import Counter
+
+    for key in run.data.metrics:
+        steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
+        twice = sorted(step for step, n in steps.items() if n > 1)
+        assert not twice, f"run {run.info.run_id}, {key}: steps logged twice: {twice[:10]}"
+
+
+def assert_models_once(client, run) -> None:
+    """The run logged its models once: final, and best unless it is the same model."""
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    names = sorted(m.name for m in models)
+    assert names in (["best", "final"], ["final"]), names
+    assert {run.data.tags["model.final"], run.data.tags["model.best"]} == {
+        m.model_id for m in models}
+
+
+def run_in_process(module: str, args: list[str], cwd: Path) -> CliResult:
+    """An entry point's main(args) in this process, in `cwd`, its output captured, as
+    run_cli gives it: for commands that start no Ray (evaluate, report, --cfg, --info),
+    without the seconds of a new interpreter and its imports. ray_started: whether it
+    called ray.init (which is refused)."""
+    import contextlib
+    import importlib
+    import io
+
+    import ray
+
+    calls: list[tuple] = []
+
+    def refuse(*a, **kw):
+        calls.append((a, kw))
+        raise RuntimeError("this command must not start Ray")
+
+    out, err = io.StringIO(), io.StringIO()
+    previous, init = os.getcwd(), ray.init
+    # What the command may export (a store's URI, a URI's credentials) stays its own.
+    saved = {k: os.environ.pop(k, None) for k in (
+        "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD")}
+    os.chdir(cwd)
+    ray.init = refuse
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = importlib.import_module(module).main(list(args))
+    finally:
+        ray.init = init
+        os.chdir(previous)
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+    return CliResult(code, out.getvalue(), err.getvalue(), cwd, bool(calls))
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """An empty working directory for one command-line run."""
@@ -131,20 +189,23 @@ class MlflowServer:
         self.proc = None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """The URI of a real `mlflow server` shared by a test module."""
+    """The URI of a real `mlflow server` shared by the session's tests (each writes its
+    own experiments)."""
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server.uri
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A real local Ray instance with 2 CPUs and no dashboard."""
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray instance (2 CPUs, no dashboard) for every test of the session
+    that uses Ray in this process (rollout-worker actors, the key-value store) and does
+    not test Ray's own start."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()

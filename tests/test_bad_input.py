@@ -1,5 +1,6 @@
-"""Bad input, through the real command line: exit 2, one line naming the key and what is
-allowed, no traceback, no Ray started, no MLflow run made."""
+"""Bad input: exit 2, one line naming the key and what is allowed, no traceback, no Ray
+started, no MLflow run made. Every case runs in-process through the entry point's main();
+a few through the real command line too."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ CASES = [
     (TRAIN, ["env.id=NoSuchEnv-v0"], ["env.id=NoSuchEnv-v0", "doesn't exist"]),
     (TRAIN, ["env=taxi", "env.id=CartPole-v1"], ["algo=q_learning", "CartPole-v1", "discrete"]),
     (TRAIN, ["+env.kwargs.wind=3"], ["env.kwargs", "gym.make"]),
+    (TRAIN, ["env=frozenlake", "env.kwargs.map_name=9x9"], ["env.kwargs=", "KeyError: '9x9'"]),
+    (TRAIN, ["cluster=remote", "cluster.address=127.0.0.1:1"],
+     ["cluster.address=127.0.0.1:1", "nothing answers there"]),
+    (TRAIN, ["cluster=remote", "cluster.address=nohost"], ["cluster.address=nohost",
+                                                           "not host:port"]),
     (TRAIN, ["algo.lr=0.1,0.2"], ["algo.lr=0.1,0.2", "pipelines.sweep"]),
     (TRAIN, ["tracking.uri=bogus"], ["tracking.uri=bogus", "sqlite:///"]),
     (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),
@@ -88,15 +94,70 @@ CASES = [
 ]
 
 
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything calls ray.init: bad input must not start Ray."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def in_process(module: str, args: list[str], workdir, monkeypatch, capsys):
+    """The entry point's main(args) in this process, in `workdir`: (exit code, stderr)."""
+    import importlib
+
+    monkeypatch.chdir(workdir)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    code = importlib.import_module(module).main(args)
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "module,args,expected", CASES, ids=[f"{m.split('.')[1]}:{' '.join(a)}" for m, a, _ in CASES]
 )
-def test_bad_input_exits_2_with_one_clear_line(workdir, module, args, expected):
+def test_bad_input_exits_2_with_one_clear_line(workdir, module, args, expected, monkeypatch,
+                                               capsys, no_ray):
+    code, err = in_process(module, args, workdir, monkeypatch, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not (workdir / "mlflow.db").exists(), "an MLflow store was written"
+    assert not (workdir / "ray_results").exists()
+
+
+THROUGH_THE_COMMAND_LINE = [
+    # A few of the refusals through the real process: no traceback, nothing else printed
+    # (Ray's, ale-py's or gymnasium's own output included), no Ray session, within seconds.
+    (TRAIN, ["algo=foo"], ["algo=foo", "unknown option", "q_learning"]),
+    (TRAIN, ["experiment=pong_dqn", "cluster.num_cpus=2"], ["needs 3 CPUs"]),
+    (TRAIN, ["env=frozenlake", "env.kwargs.map_name=9x9"],
+     ["env.kwargs=", "gym.make('FrozenLake-v1') refused: KeyError: '9x9'"]),
+    (TRAIN, ["cluster=remote", f"cluster.address=127.0.0.1:{free_port()}"],
+     ["cluster.address=127.0.0.1:", "nothing answers there", "ray start --head"]),
+    (SWEEP, ["algo.gamma=0.5,1.5"], ["algo.gamma", "(0.0, 1.0]", "algo.gamma=1.5"]),
+    (EVALUATE, ["evaluate.model=foo"], ["evaluate.model=foo", "not a model URI"]),
+]
+
+
+@pytest.mark.parametrize("module,args,expected", THROUGH_THE_COMMAND_LINE,
+                         ids=[f"{m.split('.')[1]}:{' '.join(a)}"
+                              for m, a, _ in THROUGH_THE_COMMAND_LINE])
+def test_bad_input_through_the_command_line_starts_nothing(workdir, module, args, expected):
+    import time
+
+    started = time.monotonic()
     result = run_cli(module, args, workdir, timeout=120)
+    assert time.monotonic() - started < 30  # refused at once, not after Ray's retries
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for text in expected:
         assert text in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr

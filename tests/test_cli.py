@@ -8,7 +8,7 @@ import os
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_in_process
 from tests.test_pipeline import SMALL, runs_of
 
 
@@ -19,27 +19,28 @@ def test_cfg_job_hydra_and_all_print_what_hydra_prints_and_run_nothing(workdir):
     assert cfg["algo"]["name"] == "dqn" and cfg["env"]["id"] == "CartPole-v1"
     assert "hydra" not in cfg and not job.ray_started
     assert not (workdir / "mlflow.db").exists()
-    hydra = yaml.safe_load(run_cli("pipelines.train", ["--cfg", "hydra"], workdir).stdout)
+    hydra = yaml.safe_load(run_in_process("pipelines.train", ["--cfg", "hydra"], workdir).stdout)
     assert list(hydra) == ["hydra"] and hydra["hydra"]["runtime"]["choices"]["algo"] == (
         "q_learning")
-    both = yaml.safe_load(run_cli("pipelines.train", ["--cfg", "all"], workdir).stdout)
+    both = yaml.safe_load(run_in_process("pipelines.train", ["--cfg", "all"], workdir).stdout)
     assert {"hydra", "algo", "env"} <= set(both)
-    package = run_cli("pipelines.train", ["--cfg", "job", "-p", "algo", "algo.lr=0.25"], workdir)
+    package = run_in_process("pipelines.train", ["--cfg", "job", "-p", "algo", "algo.lr=0.25"],
+                             workdir)
     assert package.stdout.startswith("# @package algo") and "lr: 0.25" in package.stdout
     # --resolve resolves interpolations, as Hydra's does
     args = ["experiment=cartpole_reinforce", "tracking.experiment=${algo.name}-x", "--cfg", "job",
             "-p", "tracking"]
-    raw = run_cli("pipelines.train", args, workdir)
-    resolved = run_cli("pipelines.train", [*args, "--resolve"], workdir)
+    raw = run_in_process("pipelines.train", args, workdir)
+    resolved = run_in_process("pipelines.train", [*args, "--resolve"], workdir)
     assert "experiment: ${algo.name}-x" in raw.stdout
     assert "experiment: reinforce-x" in resolved.stdout
-    swept = run_cli("pipelines.sweep", ["sweep=quickstart", "--cfg", "job"], workdir)
+    swept = run_in_process("pipelines.sweep", ["sweep=quickstart", "--cfg", "job"], workdir)
     assert swept.stdout.splitlines()[-1] == (
         "# swept: experiment=frozenlake_course,taxi_course algo.lr=0.3,0.7 seed=range(0,2)")
 
 
 def test_info_prints_hydras_defaults_tree_and_search_path(workdir):
-    info = run_cli("pipelines.train", ["experiment=taxi_course", "--info"], workdir)
+    info = run_in_process("pipelines.train", ["experiment=taxi_course", "--info"], workdir)
     assert info.returncode == 0, info.stderr
     for text in ("Config search path", "Defaults Tree", "experiment: taxi_course"):
         assert text in info.stdout, text

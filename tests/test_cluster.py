@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, run_cli
+from tests.conftest import assert_no_step_twice, cli_env, run_cli
 from tests.ray_cluster import LocalCluster
 from tests.test_pipeline import runs_of
 
@@ -32,6 +32,7 @@ def remote(cluster: LocalCluster) -> list[str]:
     return ["cluster=remote", f"cluster.address={cluster.address}"]
 
 
+@pytest.mark.slow  # 30 s: a sweep shipped to a bare node
 def test_a_sweep_runs_on_both_hosts_and_ships_the_code_to_the_bare_node(
     two_hosts, mlflow_server, workdir
 ):
@@ -85,6 +86,7 @@ def test_what_a_cluster_cannot_run_is_refused_before_any_trial(
     assert MlflowClient(mlflow_server).get_experiment_by_name("refused") is None
 
 
+@pytest.mark.slow  # 90 s: a second node, four 10 s trials
 def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir, mlflow_server):
     with LocalCluster(head_cpus=1) as cluster:
         cluster.add_node("victim", num_cpus=1)
@@ -124,9 +126,7 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir, mlfl
         {c.data.tags["tune.trial_id"] for c in children}) and len(children) == 4
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
-        for name in ("eval/score", "train/env_steps", "train/episode_return"):
-            steps = [m.step for m in client.get_metric_history(c.info.run_id, name)]
-            assert len(steps) == len(set(steps)), (name, c.data.tags["tune.trial_id"])
+        assert_no_step_twice(client, c)
         assert len(client.get_metric_history(c.info.run_id, "eval/score")) == 20
     moved = next(c for c in children if c.data.tags["tune.trial_id"] == killed)
     assert "rlpipe.restored_from" in moved.data.tags
@@ -173,12 +173,12 @@ def test_a_placement_group_fits_only_where_its_learner_fits_on_one_node():
 
 def test_a_trial_reserves_its_replay_memory_where_it_lives():
     from pipelines.cluster import GIB, Capacity, Node, refusal, trial_bundles
-    from pipelines.config import load
+    from pipelines.config import compose_and_check
 
-    host = load(["experiment=pong_dqn", "cluster.gpus_per_trial=0"])
+    host = compose_and_check(["experiment=pong_dqn", "cluster.gpus_per_trial=0"])
     learner = trial_bundles(host)[0]
     assert learner["memory"] / GIB == pytest.approx(6.58, abs=0.01)  # 1M frames, host
-    on_gpu = load(["experiment=pong_dqn", "cluster.gpus_per_trial=0.25"])
+    on_gpu = compose_and_check(["experiment=pong_dqn", "cluster.gpus_per_trial=0.25"])
     assert trial_bundles(on_gpu)[0]["memory"] < 0.01 * GIB  # only the bookkeeping
     machine = [Node("a", "ip", "h", 16, 1, memory=64 * GIB)]
     # Four trials per GPU keep 6.6 GiB of frames each there: not on a 24 GiB GPU.

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from algos.core.reporting import MemoryReporter
 from algos.registry import get_algorithm
-from pipelines.config import flat_params, load
+from pipelines.config import compose_and_check, flat_params
 from pipelines.models import log_agents
 from pipelines.tracking import RunLogger
 
@@ -39,7 +39,7 @@ def batch_for(composed, result) -> np.ndarray:
 
 @pytest.mark.parametrize("algo", list(ALGOS))
 def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
-    composed = load(ALGOS[algo] + ["seed=0"])
+    composed = compose_and_check(ALGOS[algo] + ["seed=0"])
     cfg = composed.cfg
     reporter = MemoryReporter()
     result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed, reporter)
@@ -93,7 +93,7 @@ def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
     # evaluate(model, env_cfg, seeds, cfg): one episode per reset seed, for every algorithm.
     # Played on the run's own seeds it gives the run's last evaluation; and a seed means the
     # same episode whether it is played alone or among others (greedy play).
-    composed = load(ALGOS[algo] + ["seed=0"])
+    composed = compose_and_check(ALGOS[algo] + ["seed=0"])
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     result = algorithm.train(cfg.algo, cfg.env, cfg.seed)
@@ -103,8 +103,8 @@ def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
     mean, std, returns = algorithm.evaluate(model, cfg.env, seeds, cfg.algo)
     assert (mean, std) == (result.metrics["eval/mean_return"], result.metrics["eval/std_return"])
     assert len(returns) == len(seeds)
-    greedy = load(ALGOS[algo] + ["seed=0"] + (["algo.eval_greedy=true"] if algo == "reinforce"
-                                               else [])).cfg.algo
+    greedy_play = ["algo.eval_greedy=true"] if algo == "reinforce" else []
+    greedy = compose_and_check(ALGOS[algo] + ["seed=0"] + greedy_play).cfg.algo
     some = [7, 3, 12]
     together = algorithm.evaluate(model, cfg.env, some, greedy)[2]
     alone = [algorithm.evaluate(model, cfg.env, [s], greedy)[2][0] for s in some]
@@ -112,7 +112,7 @@ def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
 
 
 def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
-    composed = load(ALGOS["dqn"] + ["seed=0"])
+    composed = compose_and_check(ALGOS["dqn"] + ["seed=0"])
     cfg = composed.cfg
     result = get_algorithm("dqn").train(cfg.algo, cfg.env, cfg.seed)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -143,10 +143,10 @@ import mlflow, numpy as np
 from mlflow import MlflowClient
 import pipelines.sweep, pipelines.trial, pipelines.report, pipelines.evaluate
 from algos.registry import get_algorithm
-from pipelines.config import load
+from pipelines.config import compose_and_check
 from pipelines.models import load_logged_agent, log_agents
 from pipelines.tracking import RunLogger
-composed = load({ALGOS["q_learning"] + ["seed=0"]!r})
+composed = compose_and_check({ALGOS["q_learning"] + ["seed=0"]!r})
 cfg = composed.cfg
 result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed)
 uri = "sqlite:///{tmp_path / 'mlflow.db'}"
@@ -154,6 +154,7 @@ client = MlflowClient(uri)
 run = client.create_run(client.create_experiment("m"))
 ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed, final_step=1)
 agent, _ = load_logged_agent("models:/" + ids["best"], uri)
+mlflow.set_tracking_uri(uri)
 mlflow.pyfunc.load_model("models:/" + ids["best"]).predict(np.arange(4))
 print("torch" in sys.modules)
 """

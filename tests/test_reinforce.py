@@ -72,7 +72,7 @@ def test_reinforce_reaches_the_course_pass_mark_on_cartpole():
     assert best >= 350, [round(r["eval/score"]) for r in reporter.reports]
 
 
-def test_with_two_rollout_workers_each_update_averages_episodes_from_both(local_ray):
+def test_with_two_rollout_workers_each_update_averages_episodes_from_both(ray_session):
     cfg = compose_config(["experiment=cartpole_reinforce", "algo.num_rollout_workers=2",
                           "algo.episodes_per_update=4", "algo.episodes=40",
                           "algo.eval_every=20", "algo.eval_episodes=2"]).cfg

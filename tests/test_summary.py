@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from pipelines.summary import Trial, config_label, format_table, interval, summarize, winners
+from pipelines.display import format_table
+from pipelines.space import config_label
+from pipelines.stats import Trial, interval, summarize, winners
 
 
 def trial(env: str, config: str, seed: int, *values: float, status: str = "FINISHED"):
@@ -69,18 +71,39 @@ def test_failed_and_unfinished_trials_are_counted_not_averaged():
 
 
 def test_one_seed_has_no_interval_and_the_stratified_bootstrap_resamples_each_env():
+    import numpy as np
+    from scipy import stats
+
+    from pipelines.stats import RESAMPLES, iqm
+
     assert all(math.isnan(x) for x in interval([[3.0]]))
-    low, high = interval([[1.0, 2.0, 3.0], [10.0, 11.0, 12.0]])
-    # Each stratum keeps its 3 values in every resample: the pooled IQM stays between the
-    # IQMs of (1,1,1 | 10,10,10) and (3,3,3 | 12,12,12).
-    assert 5.5 <= low <= high <= 7.5
+    taxi, lake = [1.0, 2.0, 3.0, 5.0], [10.0, 11.0, 12.0, 15.0]
+    low, high = interval([taxi, lake])
+    # scipy's bootstrap at the same settings: each stratum resampled on its own, the IQM of
+    # the pooled resample, 10,000 resamples, percentile method, the same generator.
+    expected = stats.bootstrap(
+        (np.asarray(taxi), np.asarray(lake)),
+        lambda a, b, axis: iqm(np.concatenate([a, b], axis=axis), axis=axis),
+        n_resamples=RESAMPLES, confidence_level=0.95, method="percentile", vectorized=True,
+        axis=-1, rng=np.random.default_rng(0)).confidence_interval
+    assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-12)
+    assert low < iqm(np.array(taxi + lake)) < high and high - low > 1.0
+    # Each stratum keeps its 4 values in every resample: the pooled IQM stays between the
+    # IQMs of (1,1,1,1 | 10,10,10,10) and (5,5,5,5 | 15,15,15,15).
+    assert 5.5 <= low and high <= 10.0
+    mean_low, mean_high = interval([taxi + lake], np.mean)
+    mean_expected = stats.bootstrap((np.asarray(taxi + lake),), np.mean, n_resamples=RESAMPLES,
+                                    confidence_level=0.95, method="percentile",
+                                    rng=np.random.default_rng(0)).confidence_interval
+    assert (mean_low, mean_high) == pytest.approx((mean_expected.low, mean_expected.high))
+    assert mean_high - mean_low > 1.0
 
 
 def test_the_iqm_is_scipys_trimmed_mean_at_a_quarter():
     import numpy as np
     from scipy import stats
 
-    from pipelines.summary import iqm
+    from pipelines.stats import iqm
 
     rng = np.random.default_rng(1)
     for n in range(1, 12):

@@ -1,4 +1,4 @@
-"""Sweep plans from Hydra overrides, their Tune domains, and history thinning (no Ray)."""
+"""Sweep plans from Hydra overrides, their Tune domains, and history downsampling (no Ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from ray import tune
 
 from pipelines.config import UserError
 from pipelines.space import plan_sweep, tune_space
-from pipelines.trial import thin
+from pipelines.trial import downsample
 
 
 def test_quickstart_sweeps_experiments_learning_rates_and_seeds():
@@ -52,11 +52,29 @@ def test_every_trial_of_a_grid_is_validated_before_anything_runs():
         plan_sweep(["algo.gamma=0.9,1.5", "seed=0,1"])
 
 
-def test_thinning_averages_consecutive_points_at_their_last_step():
+def test_downsampling_averages_consecutive_points_at_their_last_step():
     series = [(i * 10, float(i)) for i in range(1, 1001)]
-    thinned = thin(series, 200)
-    assert len(thinned) == 200
-    assert thinned[0] == (50, 3.0)  # mean of 1..5, stepped at the 5th point
-    assert thinned[-1] == (10_000, 998.0)
-    assert thin(series[:150], 200) == series[:150]
-    assert thin(series, 0) == series
+    downsampled = downsample(series, 200)
+    assert len(downsampled) == 200
+    assert downsampled[0] == (50, 3.0)  # mean of 1..5, stepped at the 5th point
+    assert downsampled[-1] == (10_000, 998.0)
+    assert downsample(series[:150], 200) == series[:150]
+    assert downsample(series, 0) == series
+
+
+@pytest.mark.parametrize("search", ["auto", "random", "optuna"])
+def test_a_log_interval_samples_log_uniformly_and_a_plain_one_uniformly(search):
+    import numpy as np
+
+    plan = plan_sweep(["algo.lr=tag(log,interval(0.01,1))", "algo.gamma=interval(0.8,0.9)"])
+    space = tune_space(plan, search)
+    assert isinstance(space["algo.lr"].get_sampler(), tune.search.sample.LogUniform)
+    assert not isinstance(space["algo.gamma"].get_sampler(), tune.search.sample.LogUniform)
+    rng = np.random.default_rng(0)
+    lr = np.asarray(space["algo.lr"].sample(size=4000, random_state=rng))
+    gamma = np.asarray(space["algo.gamma"].sample(size=4000, random_state=rng))
+    assert lr.min() >= 0.01 and lr.max() <= 1 and gamma.min() >= 0.8 and gamma.max() <= 0.9
+    # Log-uniform on [0.01, 1]: half the draws under the geometric midpoint 0.1 (uniform:
+    # 9%), a quarter under 0.0316.
+    assert abs(np.mean(lr < 0.1) - 0.5) < 0.03 and abs(np.mean(lr < 10 ** -1.5) - 0.25) < 0.03
+    assert abs(np.mean(gamma < 0.85) - 0.5) < 0.03

@@ -1,0 +1,140 @@
+"""A sweep's summary for people: the terminal table, the best line per env, and the plots
+(learning curves with bootstrap bands, rliable's interval-estimate plot)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.stats import CONFIDENCE, Row, Trial, groups, winners
+
+CURVE_POINTS = 100
+
+
+def _num(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}" if math.isfinite(x) else "-"
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{_num(low)}, {_num(high)}]" if math.isfinite(low) else "[-]"
+
+
+def format_table(rows: Sequence[Row], metric: str) -> str:
+    """The terminal view: one block per env, configurations in rank order."""
+    lines = []
+    by_env: dict[str, list[Row]] = {}
+    for r in rows:
+        by_env.setdefault(r.env, []).append(r)
+    for env, env_rows in by_env.items():
+        best = {r.config: r for r in env_rows if r.at == "best"}
+        last = [r for r in env_rows if r.at == "last"]
+        width = max(len(r.config) for r in last)
+        lines.append(f"{env}: {metric} over seeds, ranked by IQM at the last report "
+                     f"({CONFIDENCE:.0%} bootstrap CI)")
+        lines.append(f"  {'#':>2}  {'config':{width}}  {'n':>3}  {'IQM [CI]':27}"
+                     f"{'mean ± std':19}{'median':>8}   best-of-run IQM [CI]")
+        for r in last:
+            b = best[r.config]
+            n = f"{r.n}" + ("*" if r.unfinished else "") + (f"+{r.failed}!" if r.failed else "")
+            lines.append(
+                f"  {r.rank:>2}  {r.config:{width}}  {n:>3}  "
+                f"{_num(r.iqm) + ' ' + _ci(r.iqm_low, r.iqm_high):27}"
+                f"{_num(r.mean) + ' ± ' + _num(r.std, 3):19}{_num(r.median):>8}   "
+                f"{_num(b.iqm)} {_ci(b.iqm_low, b.iqm_high)}")
+    if any(r.unfinished for r in rows):
+        lines.append("  n*: some of its trials have not finished; their last report so far")
+    if any(r.failed for r in rows):
+        lines.append("  +k!: k trials with no finite value (failed)")
+    return "\n".join(lines)
+
+
+def best_lines(rows: Sequence[Row], ui_run=None) -> list[str]:
+    """One line per env: its best configuration, IQM [CI] over n seeds, the run to open."""
+    out = []
+    for env, r in winners(rows).items():
+        where = ui_run(r.top_run_id) if ui_run else r.top_run_id
+        out.append(f"Best on {env}: {r.config}: IQM {_num(r.iqm)} {_ci(r.iqm_low, r.iqm_high)}"
+                   f" over {r.n} seed(s); its best run (seed {r.top_seed}): {where}")
+    return out
+
+
+def _grid_curves(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The trials' curves on one grid of steps (linear between reports), over the steps
+    every trial reached."""
+    curves = [[(s, v) for s, v in t.curve if math.isfinite(v)] for t in trials]
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    lo, hi = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    steps = np.linspace(lo, hi, CURVE_POINTS) if hi > lo else np.array([float(hi)])
+    values = np.array([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])
+    return steps, values
+
+
+def plot_curves(trials: Sequence[Trial], metric: str, path: Path) -> None:
+    """Learning curves: per configuration the mean over seeds with a 95% bootstrap band,
+    against env steps; one panel per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    envs = groups(trials)
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, (env, configs) in zip(axes[0], sorted(envs.items()), strict=True):
+        for config, ts in sorted(configs.items()):
+            grid = _grid_curves(ts)
+            if grid is None:
+                continue
+            steps, values = grid
+            mean = values.mean(axis=0)
+            line, = ax.plot(steps, mean, label=f"{config} (n={len(values)})")
+            if len(values) > 1:
+                ci = stats.bootstrap((values,), np.mean, axis=0, vectorized=True,
+                                     method="percentile", n_resamples=2000,
+                                     confidence_level=CONFIDENCE,
+                                     rng=np.random.default_rng(0)).confidence_interval
+                ax.fill_between(steps, ci.low, ci.high, alpha=0.2, color=line.get_color())
+        ax.set(title=env, xlabel="env steps", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_iqm(rows: Sequence[Row], metric: str, path: Path) -> bool:
+    """rliable's interval-estimate plot: each configuration's IQM with its 95% CI, side by
+    side, one panel per env that has 3 or more configurations. False when none has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_env: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.at == "last" and r.n:
+            by_env.setdefault(r.env, []).append(r)
+    by_env = {e: rs for e, rs in by_env.items() if len(rs) >= 3}
+    if not by_env:
+        return False
+    height = max(len(rs) for rs in by_env.values())
+    fig, axes = plt.subplots(1, len(by_env), figsize=(6 * len(by_env), 1 + 0.5 * height),
+                             squeeze=False)
+    for ax, (env, rs) in zip(axes[0], sorted(by_env.items()), strict=True):
+        rs = sorted(rs, key=lambda r: r.rank, reverse=True)
+        for y, r in enumerate(rs):
+            if math.isfinite(r.iqm_low):
+                ax.barh(y, r.iqm_high - r.iqm_low, left=r.iqm_low, height=0.6, alpha=0.6)
+            ax.vlines(r.iqm, y - 0.3, y + 0.3, color="black")
+        ax.set_yticks(range(len(rs)), [r.config for r in rs], fontsize="small")
+        ax.set(title=f"{env}: IQM of {metric} ({CONFIDENCE:.0%} CI)", xlabel=metric)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,155 @@
+"""Every use of a library's private API, in one place.
+
+Each is something the library does but does not publish, and each may move at an upgrade.
+tests/test_private_api.py calls every function here against the installed versions, so
+an upgrade that changes one fails there, by name, not somewhere in a run.
+
+- Hydra: its command-line parser and its app object, so that --cfg, --info, -m and
+  --shell-completion are Hydra's own without @hydra.main (whose exit codes and output
+  the contract cannot keep).
+- OmegaConf: a config node's children as nodes, and whether a node is missing or None,
+  to walk a typed config without resolving it.
+- MLflow: the process-wide tracking and registry URIs, set for a block and put back; the
+  system-metrics monitor (CPU, memory, GPU) on a run of our own (MLflow
+  starts it only for a fluent run), and its last sample at the run's end; the tag that
+  marks an artifact as a table.
+- Ray: this machine's resources as a local Ray will see them, before Ray starts; the
+  cluster's key-value store, where trials leave their progress for the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+
+# ----- Hydra --------------------------------------------------------------------------
+
+
+def hydra_args_parser() -> argparse.ArgumentParser:
+    """The argument parser of @hydra.main (hydra._internal.utils.get_args_parser)."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+def hydra_app(conf_dir: str, task_name: str):
+    """Hydra's app object over `conf_dir`, as @hydra.main makes it, version_base 1.3: what
+    carries out --cfg (show_cfg), --info (show_info) and --shell-completion."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import setbase
+
+    setbase("1.3")
+    GlobalHydra.instance().clear()
+    return Hydra.create_main_hydra2(task_name=task_name,
+                                    config_search_path=create_config_search_path(conf_dir))
+
+
+# ----- OmegaConf ----------------------------------------------------------------------
+
+
+def child_node(node, key: str):
+    """The child `key` of a DictConfig as a node (not its value): a missing or None child
+    stays inspectable."""
+    return node._get_node(key)
+
+
+def is_missing(node) -> bool:
+    """Whether a node's value is ??? (MISSING)."""
+    return node._is_missing()
+
+
+def is_none(node) -> bool:
+    """Whether a node's value is None."""
+    return node._is_none()
+
+
+# ----- MLflow -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to `uri` for the block, then
+    put back as they were (MLflow's own _use_tracking_uri, and the same for the registry):
+    models:/ URIs and log_model resolve through them, whatever store a client was given,
+    and a library must not leave them changed for the rest of the process."""
+    from mlflow.environment_variables import MLFLOW_REGISTRY_URI
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    saved = registry._registry_uri, MLFLOW_REGISTRY_URI.get()
+    with _use_tracking_uri(uri):
+        registry.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            registry._registry_uri = saved[0]
+            if saved[1] is None:
+                MLFLOW_REGISTRY_URI.unset()
+            else:
+                MLFLOW_REGISTRY_URI.set(saved[1])
+
+
+TABLE_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
+"""The run tag (mlflow.utils.mlflow_tags.MLFLOW_LOGGED_ARTIFACTS) that tells the UI which
+artifacts are tables (mlflow.log_table writes it)."""
+
+
+def system_metrics_monitor(run_id: str, every_s: float, resume: bool, tracking_uri: str):
+    """MLflow's SystemMetricsMonitor on a run, sampling every `every_s` seconds; with
+    `resume`, its steps continue after the run's last system/* step (else from 0)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    return SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=resume,
+                                tracking_uri=tracking_uri)
+
+
+def log_last_system_sample(monitor) -> None:
+    """After monitor.finish(): one more sample, over the interval the monitor did not
+    finish, logged now at its next step. The interval's pending sample is dropped first:
+    taken at the interval's start, it read CPU use since the sample before (or 0 at a
+    run's first)."""
+    for m in monitor.monitors:
+        m.clear_metrics()
+    monitor.collect_metrics()
+    pending = monitor.aggregate_metrics()
+    if pending:
+        monitor.publish_metrics(pending)
+        monitor.mlflow_logger.flush()
+
+
+# ----- Ray ----------------------------------------------------------------------------
+
+
+def local_resources(num_cpus: int | None, num_gpus: int | None) -> tuple[float, float, float]:
+    """(CPUs, GPUs, bytes of the memory resource) a local head node of Ray started with
+    these would offer, worked out as Ray does without starting it."""
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)
+    return float(spec.num_cpus), float(spec.num_gpus or 0), float(spec.memory)
+
+
+KV_NAMESPACE = "rlpipe"
+
+
+def kv_put(key: str, value: bytes) -> None:
+    """Write `value` under `key` in the connected cluster's key-value store (the GCS's)."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=KV_NAMESPACE)
+
+
+def kv_get(key: str) -> bytes | None:
+    """The value under `key` in the connected cluster's key-value store, or None."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=KV_NAMESPACE)
+
+
+def kv_delete(prefix: str) -> None:
+    """Remove every key that starts with `prefix`."""
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    _internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
