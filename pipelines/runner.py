@@ -492,7 +492,8 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
         print(text)
         phases["perf/summary_s"] = time.perf_counter() - clock - phases["perf/ray_shutdown_s"]
         # Where the sweep's time went (benchmarks/sweep_efficiency adds them up).
-        parent.log_metrics({**phases, "perf/trials": len(results)})
+        parent.log_metrics({**phases, "perf/trials": len(results)},
+                           step=parent.next_step("perf/"))
     else:
         print(_summary_table(results, ctx, ctx.settings.metric))
         if ctx.settings.register and results and not errors and not failed:

@@ -164,7 +164,8 @@ class SweepConfig:
     mode: str = "max"
     """max or min."""
     search: str = "auto"
-    """auto (grid when every dimension is discrete, else random), grid, random, optuna."""
+    """auto (discrete dimensions a grid, continuous ones sampled num_samples times per grid
+    point), grid (all discrete), random (every dimension sampled), optuna (TPE)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_concurrent_trials: int | None = None
     """Upper bound on trials at once (null: as many as the cluster fits)."""

@@ -102,7 +102,7 @@ def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str) ->
                 metrics[f"best/{env}/{key}"] = value
     logger.set_tags(tags)
     if metrics:
-        logger.log_metrics(metrics)
+        logger.log_metrics(metrics, step=logger.next_step("best/"))
     return names
 
 

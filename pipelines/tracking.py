@@ -227,6 +227,15 @@ class RunLogger:
         points = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=points)
 
+    def next_step(self, prefix: str) -> int:
+        """One past the last step of the run's metrics named `prefix`...: where a record
+        made again goes (a sweep's summary, a resumed sweep's timings), so that no step of
+        a key repeats; 0 when there is none yet."""
+        run = self.client.get_run(self.run_id)
+        steps = [m.step for key in run.data.metrics if key.startswith(prefix)
+                 for m in self.client.get_metric_history(self.run_id, key)]
+        return max(steps) + 1 if steps else 0
+
     def finish(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED, FAILED or KILLED."""
         self.client.set_terminated(self.run_id, status=status)

@@ -68,7 +68,9 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
     assert_no_step_twice(client, run)
     assert_models_once(client, run)
     # The replay memory came back with the checkpoint: the final checkpoint's memory holds
-    # every transition since step 0 (a refilled one would hold those since the resume),
+    # every transition since step 0 (a refilled one would hold those since the resume;
+    # the resume restarts the 2 env streams, each one's last transition before it has no
+    # next frame and is not kept),
     # and learning went on right after the resume (a refilled memory learns again only
     # learning_starts = 2,000 steps later, here never): one update per 4 env steps from
     # step 2,000 on.
@@ -78,7 +80,7 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
     state, step = load_state(checkpoints[-1])
     assert step == steps[-1] and state["replay"] is not None
     transitions = int(state["replay"]["is_step"].sum())
-    assert transitions == min(step, 20_000), (transitions, step)
+    assert step - 2 <= transitions <= step, (transitions, step)
     assert run.data.metrics["train/updates"] >= 0.95 * (step - 2000) / 4
     # The final model is the network the run ended with: it acts as the final checkpoint's
     # online network, and replays the run's last evaluation (greedy but for eval_epsilon

@@ -416,7 +416,8 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].info.status == "FINISHED"
     assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2", "3"]
-    assert any("rlpipe.restored_from" in c.data.tags for c in children)
+    if how == "ctrl+c":  # Tune saved its state: the unfinished trials restore
+        assert any("rlpipe.restored_from" in c.data.tags for c in children)
     assert_no_step_twice(client, parents[0])
     for child in children:
         assert child.info.status == "FINISHED"
