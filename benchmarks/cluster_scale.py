@@ -5,7 +5,7 @@ with `ray start` (token authentication on), one CPU each.
 through the real command line, `cluster=remote` joining the cluster, the code shipped with
 Ray's runtime environment, MLflow in a sqlite file. A node is one Ray raylet with its
 workers; on this 2-core machine both nodes, the head's processes and the driver share the
-cores, so two nodes cannot reach twice one. Also recorded, for the README's scale section:
+cores, so two nodes cannot reach twice one. Also recorded, for docs/cluster.md's scale section:
 the driver's peak memory and what MLflow stores per trial.
 Usage: python -m benchmarks.cluster_scale [--trials 32] [--episodes 25000]
 """

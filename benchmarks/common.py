@@ -1,10 +1,28 @@
-"""What every benchmark shares: timing, the machine's description, table and JSON output."""
+"""What every benchmark shares: timing, the machine's description, table and JSON output.
+
+A benchmark's figures live once, in results/<name>.json, which the docs' tables are made
+from (docs/hooks/benchmarks.py):
+
+    {"benchmark": "<name>",
+     "runs": [{"command": "python -m benchmarks.<module> ...", "commit": "<id>" or "unknown",
+               "machine": "2-core machine, CPU" or "one NVIDIA H200, 16 CPU cores",
+               "date": "YYYY-MM-DD" or null,
+               "tables": [{"title": ..., "columns": [...], "rows": [[...]], "notes": [...]}],
+               "notes": [...], "platform": {...}, "data": {...the raw figures...}}]}
+
+A cell is a number (shown with thousands separators), a string or null ("-"); a row's
+leading spaces indent it. One run per (command, machine): a new run replaces that one and
+keeps the others, such as the same benchmark's run on another machine.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -15,24 +33,75 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+_TABLES: list[dict[str, Any]] = []
+"""The tables table() made since the last write(): the figures write() saves."""
+
+
+def commit() -> str:
+    """The checkout's commit, "-dirty" when tracked files outside results/ changed."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if changed else head
+
+
+def gpus() -> list[str]:
+    """The names of this machine's NVIDIA GPUs (NVML; none without a driver)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVML library or no driver: a machine without NVIDIA GPUs
+        return []
+    try:
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                 for i in range(pynvml.nvmlDeviceGetCount())]
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def machine() -> dict[str, Any]:
-    """Where a measurement was taken."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    """Where a measurement was taken: "description" says it in words ("2-core machine,
+    CPU", "one NVIDIA H200, 16 CPU cores"), the rest in detail."""
+    cpus, names = os.cpu_count(), gpus()
+    if not names:
+        description = f"{cpus}-core machine, CPU"
+    elif len(set(names)) == 1:
+        count = "one" if len(names) == 1 else f"{len(names)} x"
+        description = f"{count} {names[0]}, {cpus} CPU cores"
+    else:
+        description = f"{', '.join(names)}, {cpus} CPU cores"
     return {
-        "cpus": os.cpu_count(),
+        "description": description,
+        "cpus": cpus,
+        "gpus": names,
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def command() -> str:
+    """The command that runs this benchmark, from sys.argv: python -m benchmarks.<module>
+    and its arguments."""
+    first = Path(sys.argv[0])
+    module = sys.argv[0]
+    if first.suffix == ".py":
+        try:
+            module = ".".join(first.resolve().relative_to(ROOT).with_suffix("").parts)
+        except ValueError:
+            pass
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -57,8 +126,26 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table (what the README quotes)."""
+def cell(v: Any) -> Any:
+    """A table cell as saved: a float rounded as table() prints it (3 significant digits
+    under 100, else a whole number), an integer as an int, anything else as it is."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        v = float(v)
+        if not math.isfinite(v):
+            return str(v)
+        return float(f"{v:.3g}") if abs(v) < 100 else round(v)
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list[Any]], title: str | None = None) -> str:
+    """A Markdown table, printed by the benchmark; its figures are kept for write()."""
+    _TABLES.append({"title": title, "columns": list(headers),
+                    "rows": [[cell(v) for v in row] for row in rows]})
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
@@ -118,9 +205,25 @@ def run_sweep(overrides: list[str], env: dict[str, str] | None = None) -> dict[s
         }
 
 
-def write(name: str, data: dict[str, Any]) -> Path:
-    """Save a benchmark's figures as results/<name>.json."""
+def write(name: str, data: dict[str, Any], notes: list[str] | None = None) -> Path:
+    """Save this run of a benchmark in results/<name>.json (the schema above): the
+    command, commit, machine and date, the tables table() made since the last write, and
+    `data`, the raw figures. It replaces the file's run of the same command on the same
+    machine and keeps its other runs."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=2, default=str))
+    where = machine()
+    run = {"command": command(), "commit": where.pop("commit"),
+           "machine": where.pop("description"), "date": where.pop("date"),
+           "tables": list(_TABLES), "notes": notes or [], "platform": where, "data": data}
+    _TABLES.clear()
+    runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    same = [i for i, r in enumerate(runs)
+            if (r.get("command"), r.get("machine")) == (run["command"], run["machine"])]
+    if same:
+        runs[same[0]] = run
+    else:
+        runs.append(run)
+    path.write_text(json.dumps({"benchmark": name, "runs": runs}, indent=2, default=str)
+                    + "\n")
     return path

@@ -16,6 +16,7 @@ BENCHMARKS = [
     "benchmarks.replay_memory",
     "benchmarks.pong_dqn_throughput",
     "benchmarks.cartpole_reinforce",
+    "benchmarks.learning_curves",
 ]
 
 
