@@ -1,5 +1,6 @@
 # make run: set up .venv (once) and run the default job, a small real sweep.
-# make test: the same set-up, then the test suite.
+# make test: the same set-up, then the test suite (make test-slow: the long tests).
+# make lint: ruff, and mypy over algos/ and pipelines/.
 # make bench: the benchmarks (not part of the tests).
 PYTHON ?= python3
 VENV := .venv
@@ -28,6 +29,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

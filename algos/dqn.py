@@ -91,8 +91,9 @@ def sgd_step(
 ) -> torch.Tensor:
     """One gradient step on a minibatch (with its targets, or the rest of the transition to
     compute them from): the (loss, mean Q(s, a)) it took, as a tensor (no device sync)."""
-    batch = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
+    given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
              "terminated": terminated}
+    batch = {k: t for k, t in given.items() if t is not None}
     loss, q = dqn_loss(online, target, batch, cfg.gamma, cfg.double, cfg.loss, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -103,7 +104,7 @@ def sgd_step(
 
 
 def step_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor | None,
-                double: bool) -> dict[str, torch.Tensor]:
+                double: bool) -> dict[str, Any]:
     """sgd_step's inputs: DQN's precomputed targets, or what Double DQN computes them from."""
     if not double:
         return {"obs": batch["obs"], "actions": batch["actions"], "targets": targets}

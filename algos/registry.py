@@ -36,7 +36,7 @@ class Algorithm:
     config_class: type
     """Its config dataclass (algos.configs); evaluation_seeds() gives the reset seed of
     each evaluation episode."""
-    agent: type = NetworkAgent
+    agent: type[TableAgent] | type[NetworkAgent] = NetworkAgent
     """How its trained agent acts and is saved and loaded (algos.core.agents): its train()
     result's agents() are of this class."""
     budget: tuple[str, str] = ("total_steps", ENV_STEPS)

@@ -38,7 +38,7 @@ def check_spaces(env) -> None:
     check_box_discrete(env, "a softmax policy")
 
 
-def returns_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
+def returns_to_go(rewards: Sequence[float] | np.ndarray, gamma: float) -> np.ndarray:
     """G_t = r_t + gamma * G_{t+1}, computed backwards as the course does."""
     out = np.zeros(len(rewards), dtype=np.float64)
     running = 0.0
@@ -55,7 +55,7 @@ def standardize(x: np.ndarray) -> np.ndarray:
 
 
 def episode_weights(
-    episodes: Sequence[Mapping[str, np.ndarray]], gamma: float, standardize_returns: bool,
+    episodes: Sequence[Mapping[str, Any]], gamma: float, standardize_returns: bool,
     baseline: bool,
 ) -> list[np.ndarray]:
     """Each episode's per-step weights G_t (after the baseline and standardization)."""
@@ -69,7 +69,7 @@ def episode_weights(
 
 
 def policy_loss(
-    policy: nn.Module, episodes: Sequence[Mapping[str, np.ndarray]], gamma: float,
+    policy: nn.Module, episodes: Sequence[Mapping[str, Any]], gamma: float,
     standardize_returns: bool = True, baseline: bool = False,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +107,7 @@ def evaluate(
 
 def update_policy(
     policy: nn.Module, optimizer: torch.optim.Optimizer,
-    episodes: Sequence[Mapping[str, np.ndarray]], cfg: ReinforceConfig, device: torch.device,
+    episodes: Sequence[Mapping[str, Any]], cfg: ReinforceConfig, device: torch.device,
     env_steps: int,
 ) -> tuple[float, float]:
     """One gradient step on the episodes' policy loss: (the loss, the mean entropy). A loss

@@ -51,7 +51,7 @@ class MlflowStatusCallback(tune.Callback):
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
 
-    def setup(self, **info) -> None:
+    def setup(self, **info) -> None:  # type: ignore[override]  # Tune passes keywords
         """Called by Tune once its own signal handler is in place."""
         watch_for_interrupt()
 
@@ -102,7 +102,7 @@ class ProgressCallback(tune.Callback):
         """(time, work done) of the recent lines, for the rate."""
         self._env_of: dict[str, str] = {}
 
-    def setup(self, **info) -> None:
+    def setup(self, **info) -> None:  # type: ignore[override]  # Tune passes keywords
         """Tune starts: the clock starts."""
         self.started = self.last_line = time.monotonic()
 

@@ -342,12 +342,8 @@ def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
         env["excludes"] = list(SHIP_EXCLUDES)
     else:
         # An installed project: ship its packages; configs travel as rlpipe_conf.
-        import importlib.util
-
-        env["py_modules"] = [
-            str(Path(next(iter(importlib.util.find_spec(name).submodule_search_locations))))
-            for name in ("algos", "pipelines", "rlpipe_conf")
-        ]
+        env["py_modules"] = [package_folder(name) for name in ("algos", "pipelines",
+                                                                 "rlpipe_conf")]
         env["excludes"] = ["__pycache__"]
     return env
 
@@ -370,6 +366,16 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                         "the head with ray start --head, or give its host:port") from None
 
 
+def package_folder(name: str) -> str:
+    """The folder an installed package imports from."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the package {name} is not installed")
+    return str(Path(next(iter(spec.submodule_search_locations))))
+
+
 def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
     """Start a Ray of its own (cluster=local) or join cluster.address (remote)."""
     import ray
@@ -389,7 +395,7 @@ def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
         return
     from ray.exceptions import RayError
 
-    check_reachable(cluster.address)
+    check_reachable(cluster.address or "auto")
     # SHIP_EXCLUDES holds Ray's own default excludes (.git, .venv, __pycache__): with them
     # emptied, Ray does not warn at every upload that it leaves those out.
     os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""

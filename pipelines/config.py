@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -134,12 +134,12 @@ def _find_unknown_keys(node: DictConfig, path: str) -> None:
     obj_type = OmegaConf.get_type(node)
     if obj_type is not None and dataclasses.is_dataclass(obj_type):
         fields = {f.name for f in dataclasses.fields(obj_type)}
-        for key in node.keys():
+        for key in map(str, node.keys()):
             if key not in fields:
                 raise UserError(
                     f"{path}{key}: unknown key; allowed: {', '.join(sorted(fields))}"
                 )
-    for key in node.keys():
+    for key in map(str, node.keys()):
         child = private_api.child_node(node, key)
         if isinstance(child, DictConfig) and not (private_api.is_missing(child)
                                                   or private_api.is_none(child)):
@@ -149,7 +149,7 @@ def _find_unknown_keys(node: DictConfig, path: str) -> None:
 def _to_object(node: DictConfig, path: str) -> Any:
     """OmegaConf.to_object, running each dataclass's range checks innermost first, so that
     an error names its full key (sweep.scheduler.max_t, not max_t)."""
-    for key in node.keys():
+    for key in map(str, node.keys()):
         child = private_api.child_node(node, key)
         if isinstance(child, DictConfig) and not private_api.is_none(child) and (
                 OmegaConf.get_type(child) not in (None, dict)):
@@ -172,8 +172,8 @@ def compose_config(overrides: list[str]) -> Composed:
         raise UserError(_describe(e, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
-    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
-               if not k.startswith("hydra/")}
+    runtime_choices = cast(dict[str, Any], OmegaConf.to_container(cfg.hydra.runtime.choices))
+    choices = {k: v for k, v in runtime_choices.items() if not k.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -183,7 +183,7 @@ def compose_config(overrides: list[str]) -> Composed:
         raise UserError(f"{key}: required, has no value{hint}; set it with {key}=...")
     _find_unknown_keys(cfg, "")
     try:
-        container = OmegaConf.to_container(cfg, resolve=True)
+        container = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as e:
         raise UserError(_describe(e, overrides)) from None
     obj = _to_object(cfg, "")

@@ -39,6 +39,8 @@ def resolve_model(client, uri: str, model: str | None, run_id: str | None) -> st
         except FileNotFoundError:
             raise UserError(f"evaluate.run_id={run_id}: the run logged no model (did it "
                             "finish?)") from None
+    if not model:  # check_model_arg refuses this first
+        raise UserError("evaluate.model: required, or evaluate.run_id")
     return model
 
 

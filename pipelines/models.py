@@ -204,19 +204,20 @@ def record_episode(agent, env_cfg, seed: int, max_steps: int | None, path: Path)
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium renders with it
     env = make_env(env_cfg.full_games(), render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
+    frames: list[np.ndarray] = [np.asarray(env.render())]
     steps = 0
     while max_steps is None or steps < max_steps:
         action = agent.act(np.asarray(obs)[None])[0]
         obs, _, terminated, truncated, _ = env.step(action)
-        frames.append(env.render())
+        frames.append(np.asarray(env.render()))
         steps += 1
         if terminated or truncated:
             break
     env.close()
     height, width = frames[0].shape[:2]
     fps = int(env.metadata.get("render_fps") or 30)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()

@@ -128,7 +128,7 @@ def local_resources(num_cpus: int | None, num_gpus: int | None) -> tuple[float, 
     from ray._private.resource_and_label_spec import ResourceAndLabelSpec
 
     spec = ResourceAndLabelSpec(num_cpus=num_cpus, num_gpus=num_gpus).resolve(is_head=True)
-    return float(spec.num_cpus), float(spec.num_gpus or 0), float(spec.memory)
+    return float(spec.num_cpus or 0), float(spec.num_gpus or 0), float(spec.memory or 0)
 
 
 KV_NAMESPACE = "rlpipe"

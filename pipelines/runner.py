@@ -105,7 +105,7 @@ def resume_from(parsed) -> int:
             "may be given with resume="
         )
     composed = compose_config([o.input_line for o in parsed])
-    return resume(composed.cfg.resume, composed.cfg.cluster)
+    return resume(str(composed.cfg.resume), composed.cfg.cluster)
 
 
 # ----- 1. plan ----------------------------------------------------------------------------
@@ -482,7 +482,7 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
         return interrupted(ctx, parent, results)
     errors = [r for r in results if r.error is not None]
     failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
-    if summary is not None:
+    if parent is not None and summary is not None:
         try:
             text = summary.result()
         except Exception as e:  # the trials are done and logged: report, do not fail

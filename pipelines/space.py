@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import IntervalSweep, Override
 
 from pipelines.config import (
     Composed,
@@ -49,8 +49,8 @@ class Dimension:
     """The override's key as written (algo.lr, experiment, +algo.x)."""
     expression: str
     """The sweep expression as written."""
-    values: list[str] | None = None
-    """Discrete dimensions: each value, ready to follow `key=`."""
+    values: list[str] = field(default_factory=list)
+    """Discrete dimensions: each value, ready to follow `key=` (continuous: none)."""
     low: float = 0.0
     high: float = 0.0
     log: bool = False
@@ -60,7 +60,7 @@ class Dimension:
     @property
     def discrete(self) -> bool:
         """Whether the dimension is a finite list of values."""
-        return self.values is not None
+        return bool(self.values)
 
     def override(self, value: Any) -> str:
         """The override `key=value` for one sampled value."""
@@ -96,13 +96,18 @@ class SweepPlan:
         return n
 
 
+def _line(o: Override) -> str:
+    """The override as written."""
+    return o.input_line or ""
+
+
 def _root_key(o: Override) -> str:
     return o.key_or_group.split(".", 1)[0].split("/", 1)[0]
 
 
 def _as_dimension(o: Override) -> Dimension:
     key = o.get_key_element()
-    text = o.input_line.split("=", 1)[1] if o.input_line else ""
+    text = _line(o).split("=", 1)[1] if o.input_line else ""
     if _root_key(o) in RUN_SETTINGS:
         raise UserError(f"{key}={text}: {_root_key(o)} settings cannot be swept")
     if o.is_discrete_sweep():
@@ -112,8 +117,8 @@ def _as_dimension(o: Override) -> Dimension:
         if not values:
             raise UserError(f"{key}={text}: the sweep has no values")
         return Dimension(key=key, expression=text, values=values)
-    sweep = o.value()
-    low, high = float(sweep.start), float(sweep.end)
+    sweep = cast(IntervalSweep, o.value())
+    low, high = float(cast(float, sweep.start)), float(cast(float, sweep.end))
     log = "log" in sweep.tags
     if not low < high:
         raise UserError(f"{key}={text}: interval(low, high) needs low < high")
@@ -140,7 +145,7 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
             raise UserError(f"{o.input_line}: hydra.* settings are not used by these entry points")
     merged: list[Override] = list(cli)
     if sweep_params:
-        sweep_only = [o.input_line for o in cli if _root_key(o) == "sweep" and not
+        sweep_only = [_line(o) for o in cli if _root_key(o) == "sweep" and not
                       o.is_sweep_override()]
         params = compose_config(sweep_only).container["sweep"]["params"]
         cli_keys = {o.key_or_group for o in cli}
@@ -150,7 +155,7 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
         except UserError as e:
             raise UserError(f"sweep.params: {e}") from None
         merged = [o for o in file_overrides if o.key_or_group not in cli_keys] + list(cli)
-    fixed = [o.input_line for o in merged if not o.is_sweep_override()]
+    fixed = [_line(o) for o in merged if not o.is_sweep_override()]
     dims = [_as_dimension(o) for o in merged if o.is_sweep_override()]
     keys = [d.key for d in dims]
     if len(set(keys)) != len(keys):
@@ -184,6 +189,7 @@ def _validate_space(
     total = 1
     for p in per_dim:
         total *= len(p)
+    combos: Iterable[tuple[str, ...]]
     if total <= FULL_CHECK_LIMIT:
         combos = itertools.product(*per_dim)
     else:

@@ -39,7 +39,7 @@ def _pooled(statistic):
     return pooled
 
 
-def interval(strata: Sequence[Sequence[float]], statistic=iqm) -> tuple[float, float]:
+def interval(strata: Sequence[Sequence[float] | np.ndarray], statistic=iqm) -> tuple[float, float]:
     """95% percentile-bootstrap interval of `statistic`, resampling each stratum (env) on
     its own. NaN for fewer than 2 values: one seed says nothing about the spread."""
     from scipy import stats

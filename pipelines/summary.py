@@ -95,7 +95,7 @@ def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str) ->
     metrics: dict[str, float] = {}
     for env, r in winners(rows).items():
         tags.update({f"best.{env}.config": r.config, f"best.{env}.run_id": r.top_run_id,
-                     f"best.{env}.n": r.n})
+                     f"best.{env}.n": str(r.n)})
         for key, value in (("iqm", r.iqm), ("iqm_low", r.iqm_low), ("iqm_high", r.iqm_high),
                            ("mean", r.mean)):
             if math.isfinite(value):

@@ -207,7 +207,8 @@ class RunLogger:
         the queue holds exactly what was not written. (A report larger than a batch is
         written in pieces.)"""
         while queue:
-            batch, taken = [], 0
+            batch: list = []
+            taken = 0
             while taken < len(queue) and (not batch or len(batch) + len(queue[taken]) <= BATCH):
                 batch += queue[taken]
                 taken += 1

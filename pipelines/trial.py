@@ -292,16 +292,14 @@ class TrialReporter:
         self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
         checkpoint = state is not None and (
-            final or now - self.last_checkpoint >= self.checkpoint_every_s
-        )
+            final or now - self.last_checkpoint >= self.checkpoint_every_s)
         written = False
         if checkpoint or final or now - self.last_flush >= self.flush_every_s:
             written = self.flush()
         if final and not written:
             self.wait_for_tracking()
             written = True
-        checkpoint = checkpoint and written  # during an outage: after it
-        if not checkpoint:
+        if state is None or not (checkpoint and written):  # during an outage: after it
             started = time.monotonic()
             tune.report(result)
             self.seconds["report_wait"] += time.monotonic() - started

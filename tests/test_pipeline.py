@@ -237,6 +237,24 @@ def test_train_is_one_run_without_a_parent(workdir):
                      result.stdout, re.M), result.stdout
 
 
+def test_a_train_status_line_moves_between_reports(workdir):
+    """One report at the end of 60,000 Taxi episodes (about 10 s): the status line still
+    counts the episodes as they go (the trial's progress notes), and the time left
+    shrinks."""
+    result = run_cli("pipelines.train", [
+        "experiment=taxi_course", "algo.episodes=60000", "algo.report_every=60000",
+        "progress.every_s=1", "cluster.num_cpus=2"], workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = re.findall(r"\] ([0-9,]+)/60,000 episodes \(\d+%\)(.*)$", result.stdout, re.M)
+    done = [int(n.replace(",", "")) for n, _ in lines]
+    between = [n for n in done if 0 < n < 60_000]
+    assert len(set(between)) >= 3, result.stdout  # it moved before the report
+    assert done == sorted(done) and done[-1] == 60_000
+    left = [int(m.group(1)) for n, rest in lines if 0 < int(n.replace(",", "")) < 60_000
+            for m in [re.search(r"~(\d+)s left", rest)] if m]
+    assert left == sorted(left, reverse=True), result.stdout
+
+
 @pytest.mark.parametrize("mode", ["raise", pytest.param("exit", marks=pytest.mark.slow)])
 def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, mode):
     """The env fails once at training episode 250 (after checkpoints at 100 and 200): by an

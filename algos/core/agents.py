@@ -207,10 +207,10 @@ class NetworkResult:
     its last metrics, and its weights at its best evaluation."""
 
     final: NetworkAgent
+    example: np.ndarray
+    """A batch of observations the agents take (for model signatures)."""
     metrics: dict[str, float] = field(default_factory=dict)
     best: BestEvaluation = field(default_factory=BestEvaluation)
-    example: np.ndarray | None = None
-    """A batch of observations the agents take (for model signatures)."""
 
     @classmethod
     def of(cls, net, factory, obs_space, n_actions: int, metrics: dict[str, float],
@@ -218,7 +218,7 @@ class NetworkResult:
         """The result of a run whose network ended as `net`; two observations sampled
         from `obs_space` are the example batch."""
         example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])
-        return cls(NetworkAgent.of(net, factory, obs_space, n_actions), metrics, best, example)
+        return cls(NetworkAgent.of(net, factory, obs_space, n_actions), example, metrics, best)
 
     @property
     def network(self):

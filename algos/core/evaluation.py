@@ -11,6 +11,7 @@ run's own are `cfg.evaluation_seeds()`), and the algorithm's config for how it p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,8 @@ def play_episodes(
     if seeds == list(range(seeds[0], seeds[0] + episodes)):
         obs, _ = envs.reset(seed=seeds[0])
     else:
-        obs, _ = envs.reset(seed=np.asarray(seeds) if env_cfg.kind == "atari" else seeds)
+        per_env: Any = np.asarray(seeds) if env_cfg.kind == "atari" else seeds
+        obs, _ = envs.reset(seed=per_env)
     returns = np.zeros(episodes)
     done = np.zeros(episodes, dtype=np.bool_)
     steps = 0

@@ -56,7 +56,7 @@ def is_image(space: gym.Space) -> bool:
 
 
 def build_network(
-    obs_space: gym.Space, outputs: int, hidden_sizes: Sequence[int], kind: str = "auto"
+    obs_space: gym.spaces.Box, outputs: int, hidden_sizes: Sequence[int], kind: str = "auto"
 ) -> nn.Module:
     """The network for an observation space: cnn for frame stacks, else mlp."""
     if kind == "auto":
@@ -76,7 +76,8 @@ class NetworkFactory:
     kind: str
     hidden_sizes: tuple[int, ...]
 
-    def __call__(self, obs_space: gym.Space, action_space: gym.Space) -> nn.Module:
+    def __call__(self, obs_space: gym.spaces.Box, action_space: gym.spaces.Discrete
+                 ) -> nn.Module:
         return build_network(obs_space, int(action_space.n), self.hidden_sizes, self.kind)
 
 

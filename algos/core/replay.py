@@ -27,10 +27,12 @@ import numpy as np
 class Batch:
     """A sampled minibatch, as numpy arrays with the batch first."""
 
-    obs: np.ndarray
+    obs: Any
+    """numpy, or a torch tensor on the frames' device (FrameReplayBuffer on a device)."""
     actions: np.ndarray
     rewards: np.ndarray
-    next_obs: np.ndarray
+    next_obs: Any
+    """As obs."""
     terminated: np.ndarray
 
 
@@ -205,19 +207,20 @@ class FrameReplayBuffer:
         self.ring = max(stack + 2, capacity // n_envs)
         dtype = np.dtype(dtype)
         self.on_device = device is not None  # torch tensors there (the CPU too)
-        frames, books = self.planned_nbytes(capacity, frame_shape, stack, n_envs, dtype)
+        frames, bookkeeping = self.planned_nbytes(capacity, frame_shape, stack, n_envs, dtype)
         what = f"a frame replay memory of {capacity:,} transitions"
         shape = (n_envs, self.ring)
+        self.frames: Any  # a numpy array, or a torch tensor on `device`
         if self.on_device:
             import torch
 
             check_fits_on(device, frames, what)
-            check_fits(books, what)
+            check_fits(bookkeeping, what)
             self.frames = torch.zeros(shape + tuple(frame_shape),
                                       dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
                                       device=device)
         else:
-            check_fits(frames + books, what)
+            check_fits(frames + bookkeeping, what)
             self.frames = np.zeros(shape + tuple(frame_shape), dtype=dtype)
         self.actions = np.zeros(shape, dtype=np.int32)
         self.rewards = np.zeros(shape, dtype=np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 
 def generator_state(rng: np.random.Generator) -> dict[str, Any]:
     """The state of a numpy Generator, as plain data for a checkpoint."""
-    return rng.bit_generator.state
+    return dict(rng.bit_generator.state)
 
 
 def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:

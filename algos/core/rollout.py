@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -39,7 +39,7 @@ class RolloutWorker:
         self.num_envs = num_envs
         self.net = network_fn(self.envs.single_observation_space, self.envs.single_action_space)
         self.net.eval()
-        self.n_actions = int(self.envs.single_action_space.n)
+        self.n_actions = int(cast(gym.spaces.Discrete, self.envs.single_action_space).n)
         self.rng = np.random.default_rng(seed)
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.env_offset = worker_index * num_envs
@@ -119,7 +119,7 @@ class RolloutWorker:
             self.episode_start = self.resetting.copy()
             self.resetting = done
             self.obs = next_obs
-        batch = {k: np.concatenate(v) for k, v in cols.items() if v}
+        batch: dict[str, Any] = {k: np.concatenate(v) for k, v in cols.items() if v}
         batch["episodes"] = episodes
         batch["steps"] = stored
         return batch
@@ -127,7 +127,7 @@ class RolloutWorker:
     @torch.inference_mode()
     def sample_episodes(
         self, n: int, max_steps: int, weights: dict[str, torch.Tensor] | None = None
-    ) -> list[dict[str, np.ndarray]]:
+    ) -> list[dict[str, Any]]:
         """`n` full episodes played by the stochastic policy (softmax over the network's
         outputs), as per-episode arrays obs, actions, rewards, and the wall time each ended
         at (ended_at).
@@ -136,7 +136,7 @@ class RolloutWorker:
         from a reset, so that short episodes are not favoured over long ones."""
         if weights is not None:
             self.set_weights(weights)
-        episodes: list[dict[str, np.ndarray]] = []
+        episodes: list[dict[str, Any]] = []
         while len(episodes) < n:
             take = min(n - len(episodes), self.num_envs)
             obs, _ = self.envs.reset()
@@ -147,8 +147,8 @@ class RolloutWorker:
             active[:take] = True
             for _ in range(max_steps):
                 probs = torch.softmax(self.net(torch.as_tensor(obs)), dim=1)
-                actions = torch.multinomial(probs, 1, generator=self.torch_rng).squeeze(1)
-                actions = actions.numpy()
+                actions = torch.multinomial(probs, 1, generator=self.torch_rng).squeeze(
+                    1).numpy()
                 next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
                 for i in np.flatnonzero(active):
                     cols[i]["obs"].append(obs[i])

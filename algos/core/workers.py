@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -63,8 +63,9 @@ class WorkerPool:
         if not self.remote:
             self.local = RolloutWorker(env_cfg, envs_per_worker, network_fn,
                                        worker_seed(seed, 0, start=start))
-            self.obs_space = self.local.envs.single_observation_space
-            self.action_space = self.local.envs.single_action_space
+            self.obs_space = cast(gym.spaces.Box, self.local.envs.single_observation_space)
+            self.action_space = cast(gym.spaces.Discrete,
+                                     self.local.envs.single_action_space)
             self._local_version = 0
             return
         import ray
@@ -75,7 +76,8 @@ class WorkerPool:
         self.workers = [self._spawn(i) for i in range(num_workers)]
         self.in_flight: dict[Any, int] = {}
         probe = make_env(env_cfg)
-        self.obs_space, self.action_space = probe.observation_space, probe.action_space
+        self.obs_space = cast(gym.spaces.Box, probe.observation_space)
+        self.action_space = cast(gym.spaces.Discrete, probe.action_space)
         probe.close()
 
     @classmethod
@@ -153,7 +155,7 @@ class WorkerPool:
             self._request(i, steps, epsilon, frames_only)
             return batch
 
-    def sample_episodes(self, n: int, max_steps: int) -> list[list[dict[str, np.ndarray]]]:
+    def sample_episodes(self, n: int, max_steps: int) -> list[list[dict[str, Any]]]:
         """`n` whole episodes with the current weights, shared among the workers: one list
         per worker that played any. A dead worker's share is played again by its
         replacement."""
