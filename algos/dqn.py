@@ -394,13 +394,8 @@ class Learner:
             self.learn_from = self.env_steps + self.cfg.learning_starts
 
 
-def train(
-    cfg: DQNConfig,
-    env_cfg: EnvConfig,
-    seed: int,
-    reporter: Reporter | None = None,
-    state: Mapping[str, Any] | None = None,
-) -> NetworkResult:
+def train(cfg: DQNConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | None = None,
+          state: Mapping[str, Any] | None = None) -> NetworkResult:
     """Train a Q-network; continue from a checkpoint `state` when one is given."""
     torch.manual_seed(seed)
     factory = network_factory(cfg)

@@ -165,13 +165,8 @@ class TabularRun:
         return float(total), steps, sq_td
 
 
-def train(
-    cfg: QLearningConfig,
-    env_cfg: EnvConfig,
-    seed: int,
-    reporter: Reporter | None = None,
-    state: Mapping[str, Any] | None = None,
-) -> QLearningResult:
+def train(cfg: QLearningConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | None = None,
+          state: Mapping[str, Any] | None = None) -> QLearningResult:
     """Train a Q-table; continue from a checkpoint `state` when one is given."""
     run = TabularRun(env_cfg, cfg.max_steps, seed, state)
     eval_seeds = cfg.evaluation_seeds()

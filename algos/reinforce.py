@@ -122,13 +122,8 @@ def update_policy(
     return float(loss.detach()), float(entropy.detach())
 
 
-def train(
-    cfg: ReinforceConfig,
-    env_cfg: EnvConfig,
-    seed: int,
-    reporter: Reporter | None = None,
-    state: Mapping[str, Any] | None = None,
-) -> NetworkResult:
+def train(cfg: ReinforceConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | None = None,
+          state: Mapping[str, Any] | None = None) -> NetworkResult:
     """Train a policy; continue from a checkpoint `state` when one is given."""
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)

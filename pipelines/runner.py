@@ -480,21 +480,31 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
     phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
     if INTERRUPTED.is_set():
         return interrupted(ctx, parent, results)
-    errors = [r for r in results if r.error is not None]
-    failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
     if parent is not None and summary is not None:
-        try:
-            text = summary.result()
-        except Exception as e:  # the trials are done and logged: report, do not fail
-            log.exception("the sweep's summary failed")
-            text = f"No summary: {type(e).__name__}: {e} (python -m pipelines.report " \
-                   f"report.sweep={ctx.name} tries again)"
-        print(text)
+        print(_summary_text(ctx, summary))
         phases["perf/summary_s"] = time.perf_counter() - clock - phases["perf/ray_shutdown_s"]
         # Where the sweep's time went (benchmarks/sweep_efficiency adds them up).
         parent.log_metrics({**phases, "perf/trials": len(results)},
                            step=parent.next_step("perf/"))
-    else:
+    return finish(ctx, parent, results)
+
+
+def _summary_text(ctx: TrialContext, summary: Future) -> str:
+    """What the summary thread made, or why there is none."""
+    try:
+        return summary.result()
+    except Exception as e:  # the trials are done and logged: report, do not fail
+        log.exception("the sweep's summary failed")
+        return (f"No summary: {type(e).__name__}: {e} (python -m pipelines.report "
+                f"report.sweep={ctx.name} tries again)")
+
+
+def finish(ctx: TrialContext, parent: RunLogger | None, results) -> int:
+    """After a fit that ran to its end: a train run's table and registration, the failed
+    trials, the parent run's status, and how to see the runs. The exit code."""
+    errors = [r for r in results if r.error is not None]
+    failed = [r for r in results if r.error is None and (r.metrics or {}).get(FAILURE_KEY)]
+    if parent is None:
         print(_summary_table(results, ctx, ctx.settings.metric))
         if ctx.settings.register and results and not errors and not failed:
             run = find_run(ctx.tracking_uri, ctx.experiment_id,

@@ -275,14 +275,9 @@ class TrialReporter:
         except Exception as e:  # a status line must never stop training
             log.debug("progress note not written: %s", e)
 
-    def report(
-        self,
-        step: int,
-        metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple]] | None = None,
-        state: Mapping[str, Any] | None = None,
-        final: bool = False,
-    ) -> None:
+    def report(self, step: int, metrics: Mapping[str, float],
+               history: Mapping[str, Sequence[tuple]] | None = None,
+               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
         """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
         from ray import tune
 

@@ -64,6 +64,7 @@ def test_the_estimate_averages_over_episodes():
     assert float(loss_one) == pytest.approx(float(loss_two))
 
 
+@pytest.mark.slow  # 40 s; REINFORCE sweeps and trains in test_pipeline by default
 def test_reinforce_reaches_the_course_pass_mark_on_cartpole():
     cfg = compose_config(["experiment=cartpole_reinforce"]).cfg
     reporter = MemoryReporter()

@@ -108,18 +108,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return int(np.minimum(self.count, self.ring).sum())
 
-    def add(
-        self,
-        env_ids: np.ndarray,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        next_obs: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        episode_starts: np.ndarray | None = None,
-        first_frames: np.ndarray | None = None,
-    ) -> None:
+    def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+            rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
+            truncated: np.ndarray, episode_starts: np.ndarray | None = None,
+            first_frames: np.ndarray | None = None) -> None:
         """Store transitions; row k came from env `env_ids[k]`. Whole observations only:
         `first_frames` (newest-frame batches) is FrameReplayBuffer's format."""
         if first_frames is not None:
@@ -270,18 +262,10 @@ class FrameReplayBuffer:
         self.is_step[e, i] = step
         self.count[e] += 1
 
-    def add(
-        self,
-        env_ids: np.ndarray,
-        obs: np.ndarray,
-        actions: np.ndarray,
-        rewards: np.ndarray,
-        next_obs: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-        episode_starts: np.ndarray | None = None,
-        first_frames: np.ndarray | None = None,
-    ) -> None:
+    def add(self, env_ids: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+            rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray,
+            truncated: np.ndarray, episode_starts: np.ndarray | None = None,
+            first_frames: np.ndarray | None = None) -> None:
         """Store transitions. obs and next_obs are stacks, oldest frame first; or, with
         `first_frames` (RolloutWorker.sample(frames_only=True)), only the newest frame of
         each, and first_frames the older frames of each episode-starting stack, in order.

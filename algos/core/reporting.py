@@ -22,14 +22,9 @@ PROGRESS_EVERY_S = 1.0
 class Reporter(Protocol):
     """Receives an algorithm's progress. `step` is always env steps sampled so far."""
 
-    def report(
-        self,
-        step: int,
-        metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple]] | None = None,
-        state: Mapping[str, Any] | None = None,
-        final: bool = False,
-    ) -> None:
+    def report(self, step: int, metrics: Mapping[str, float],
+               history: Mapping[str, Sequence[tuple]] | None = None,
+               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
         """Record `metrics` at `step`.
 
         history: finer-grained points since the last report, per metric, as (step, value)
@@ -56,14 +51,9 @@ class MemoryReporter:
     progress_notes: list[tuple[int, float]] = field(default_factory=list)
     """(step, done) of every progress note."""
 
-    def report(
-        self,
-        step: int,
-        metrics: Mapping[str, float],
-        history: Mapping[str, Sequence[tuple]] | None = None,
-        state: Mapping[str, Any] | None = None,
-        final: bool = False,
-    ) -> None:
+    def report(self, step: int, metrics: Mapping[str, float],
+               history: Mapping[str, Sequence[tuple]] | None = None,
+               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
         """Append the report; remember the newest checkpoint state."""
         self.reports.append({"step": step, **metrics})
         for name, points in (history or {}).items():
