@@ -12,7 +12,7 @@ from collections import deque
 
 from ray import tune
 
-from algos.core.metrics import ENV_STEPS
+from algos.core.metrics import ENV_STEPS, EPISODE_RETURN_MEAN
 from pipelines import private_api
 from pipelines.tracking import RunLogger, find_run, set_run_status
 from pipelines.trial import TrialContext, run_key
@@ -164,23 +164,22 @@ class ProgressCallback(tune.Callback):
         reported = (trial.last_result or {}).get(PROGRESS_KEY, 0.0)
         try:
             note = private_api.kv_get(self.ctx.progress_key(trial.trial_id))
+            return max(reported, float(json.loads(note)["done"])) if note else reported
         except Exception:  # a status line must never stop the sweep
-            note = None
-        return max(reported, json.loads(note)["done"]) if note else reported
+            return reported
 
     def _left(self, now: float, work: float, total: float) -> str:
-        """The time left: the work left at the rate of the recent lines."""
+        """The time left: the work left at the rate of the recent lines (none at the first
+        line: a resumed sweep starts with work done before it)."""
         self.work.append((now, work))
         while len(self.work) > 2 and now - self.work[1][0] >= self.RATE_WINDOW_S:
             self.work.popleft()
-        (then, before) = self.work[0] if len(self.work) > 1 else (self.started, 0.0)
+        then, before = self.work[0]
         rate = (work - before) / (now - then) if now > then else 0.0
         return f"~{(total - work) / rate:.0f}s left" if rate > 0 and work < total else ""
 
     def line(self, trials, now: float) -> str:
         """The status line."""
-        from pipelines.trial import RECENT_RETURN_KEY
-
         elapsed = now - self.started
         done = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
         running = [t for t in trials if t.status == "RUNNING"]
@@ -195,8 +194,8 @@ class ProgressCallback(tune.Callback):
             counter, budget = self.budget
             unit = "env steps" if counter == ENV_STEPS else counter.split("/")[-1]
             parts = [f"{share * budget:,.0f}/{budget:,.0f} {unit} ({share:.0%})"]
-            if RECENT_RETURN_KEY in result:
-                parts.append(f"recent return {result[RECENT_RETURN_KEY]:.4g}")
+            if EPISODE_RETURN_MEAN in result:
+                parts.append(f"recent return {result[EPISODE_RETURN_MEAN]:.4g}")
             metric = self.ctx.settings.metric
             if metric in result:
                 parts.append(f"{metric} {result[metric]:.4g}")

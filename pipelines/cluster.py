@@ -354,10 +354,10 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     find."""
     if address == "auto":
         return
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"cluster.address={address}: not host:port (the Ray head's GCS port, "
-                        "6379 by default), nor auto")
+                        "6379 by default), ray://host:port, nor auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:

@@ -91,13 +91,6 @@ def parse_overrides(args: list[str]) -> list[Override]:
     return parsed
 
 
-def _allowed_keys(cfg: DictConfig, full_key: str) -> str:
-    parent_key = full_key.rpartition(".")[0]
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    keys = list(parent.keys()) if isinstance(parent, DictConfig) else []
-    return ", ".join(str(k) for k in keys if k != "hydra")
-
-
 def _describe(e: BaseException, overrides: list[str]) -> str:
     """One line for a Hydra / OmegaConf composition error."""
     if isinstance(e, MissingConfigException):
@@ -215,8 +208,8 @@ def _check_env(algo_name: str, env_id: str, kwargs_items: tuple, extra: tuple):
     try:
         env = make_env(EnvConfig(id=env_id, kwargs=dict(kwargs_items), **dict(extra)))
     except Exception as e:  # an env refuses its arguments with whatever it raises
-        raise UserError(f"env.kwargs={dict(kwargs_items)}: gym.make({env_id!r}) refused: "
-                        f"{_reason(e)}") from None
+        given = f"env.kwargs={dict(kwargs_items)}" if kwargs_items else f"env.id={env_id}"
+        raise UserError(f"{given}: gym.make({env_id!r}) refused: {_reason(e)}") from None
     try:
         get_algorithm(algo_name).check_env(env)
         return env.observation_space

@@ -107,7 +107,7 @@ def _record(uri, cfg, model_uri: str, manifest, seeds, figures):
 
     source = manifest.get("source_run_id")
     experiment = cfg.tracking.experiment or "evaluations"
-    logger = RunLogger.open(
+    logger = RunLogger.create(
         uri, get_or_create_experiment(uri, experiment), f"evaluate/{uuid.uuid4().hex}",
         run_name=f"evaluate {manifest['algo']} {manifest.get('model', '')}".strip(),
         tags={"rlpipe.kind": "evaluate", "model_uri": model_uri, "algo": manifest["algo"],

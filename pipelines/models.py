@@ -27,7 +27,11 @@ from pipelines import private_api
 from pipelines.config import Composed
 from pipelines.tracking import RunLogger
 
-MODEL_NAMES = ("final", "best")
+
+def model_tag(name: str) -> str:
+    """The run tag that holds the model id of the run's model `name` (final or best)."""
+    return f"model.{name}"
+
 PIP_REQUIREMENTS = ["rlpipe", "torch", "numpy", "gymnasium"]
 """What loading a model needs: this project installed (its code rebuilds the agent)."""
 
@@ -102,7 +106,7 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
                 for points in histories.values() for m in points
                 if m.step == step and m.model_id is None])
             ids[name] = model.model_id
-    logger.set_tags({f"model.{name}": model_id for name, model_id in ids.items()})
+    logger.set_tags({model_tag(name): model_id for name, model_id in ids.items()})
     return ids
 
 
@@ -130,8 +134,8 @@ def _load_pyfunc(data_path: str) -> AgentModel:
 def run_model_uri(client, run_id: str, name: str = "best") -> str:
     """models:/<id> of the model `name` (final or best) that a run logged."""
     run = client.get_run(run_id)
-    if f"model.{name}" in run.data.tags:
-        return f"models:/{run.data.tags[f'model.{name}']}"
+    if model_tag(name) in run.data.tags:
+        return f"models:/{run.data.tags[model_tag(name)]}"
     models = client.search_logged_models(
         [run.info.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")

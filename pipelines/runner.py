@@ -13,7 +13,8 @@ A launch goes through named phases, in order:
 5. summarize: a sweep's per-configuration summary logged on its parent run, and
 6. register: each env's best model registered, both while Ray shuts down.
 
-From start_ray on, a failure is ours: the runs are marked FAILED and the exit code is 1.
+From start_ray on, a failure is ours: the runs made so far are marked FAILED and the exit
+code is 1.
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ class Launch:
     settings: RunSettings
     space: dict[str, Any]
     """Tune's param space of the plan's dimensions."""
+    searcher: Any
+    """Tune's search algorithm (made before anything starts: Optuna's import included)."""
+    scheduler: Any
+    """Tune's trial scheduler, or None."""
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     commit: str = field(default_factory=lambda: git_commit())
 
@@ -235,14 +240,15 @@ def plan_launch(plan: SweepPlan, kind: str) -> Launch:
     space = tune_space(plan, search)  # a space Tune cannot take is bad input too
     settings = RunSettings(
         kind=kind, metric=cfg.sweep.metric, mode=cfg.sweep.mode, search=search,
-        num_samples=cfg.sweep.num_samples,
         trials=planned_trials(plan, search, cfg.sweep.num_samples),
         budget=budget_of(get_algorithm(cfg.algo.name), cfg.algo),
         cluster=cfg.cluster, progress=cfg.progress, env=env,
         register=kind == "train" and cfg.tracking.register,
     )
     return Launch(plan=plan, kind=kind, name=name, experiment_name=experiment_name,
-                  uri=uri, storage=storage, fixed=fixed, settings=settings, space=space)
+                  uri=uri, storage=storage, fixed=fixed, settings=settings, space=space,
+                  searcher=_searcher(cfg.sweep, search, cfg.seed),
+                  scheduler=_scheduler(cfg.sweep))
 
 
 # ----- 2. open tracking, 3. start Ray ----------------------------------------------------
@@ -255,7 +261,7 @@ def open_tracking(launch: Launch) -> tuple[str, RunLogger | None]:
     if launch.kind != "sweep":
         return experiment_id, None
     plan, cfg, choices = launch.plan, launch.cfg, launch.plan.base.choices
-    parent = RunLogger.open(
+    parent = RunLogger.create(
         launch.uri, experiment_id, f"{launch.uid}/parent", run_name=launch.name,
         tags={"sweep": launch.name, "git_commit": launch.commit,
               "mlflow.source.git.commit": launch.commit, "algo": choices.get("algo"),
@@ -288,27 +294,27 @@ def start(launch: Launch) -> tuple[TrialContext, RunLogger | None]:
     try:
         capacity, (experiment_id, parent) = join_and_check(
             launch.cfg.cluster, launch.uri, launch.storage, launch.plan.trials, then=tracking)
-    except Exception as e:
-        for run in opened:  # Ray failed to start while the parent run was being made
+        cluster_record = capacity.summary()
+        if parent:
+            parent.set_tags(cluster_tags(cluster_record))
+            write_json_artifact(parent, cluster_record, "cluster.json")
+        ctx = TrialContext(
+            name=launch.name, uid=launch.uid, fixed=launch.fixed, tracking_uri=launch.uri,
+            experiment_id=experiment_id, experiment_name=launch.experiment_name,
+            parent_run_id=parent.run_id if parent else None, git_commit=launch.commit,
+            settings=launch.settings, space=launch.plan.space_text, cluster=cluster_record,
+        )
+        if "://" not in launch.storage:
+            folder = Path(launch.storage) / launch.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / CONTEXT_FILE).write_text(json.dumps(ctx.to_json(), indent=2))
+        return ctx, parent
+    except BaseException as e:
+        for run in opened:  # failed once the parent run was made: not left RUNNING
             run.finish("FAILED")
         if isinstance(e, UserError) and opened:
             raise RuntimeError(str(e)) from e  # too late to leave nothing behind
         raise
-    cluster_record = capacity.summary()
-    if parent:
-        parent.set_tags(cluster_tags(cluster_record))
-        write_json_artifact(parent, cluster_record, "cluster.json")
-    ctx = TrialContext(
-        name=launch.name, uid=launch.uid, fixed=launch.fixed, tracking_uri=launch.uri,
-        experiment_id=experiment_id, experiment_name=launch.experiment_name,
-        parent_run_id=parent.run_id if parent else None, git_commit=launch.commit,
-        settings=launch.settings, space=launch.plan.space_text, cluster=cluster_record,
-    )
-    if "://" not in launch.storage:
-        folder = Path(launch.storage) / launch.name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONTEXT_FILE).write_text(json.dumps(ctx.to_json(), indent=2))
-    return ctx, parent
 
 
 # ----- 4. fit ----------------------------------------------------------------------------
@@ -385,8 +391,8 @@ def build_tuner(launch: Launch, ctx: TrialContext):
         tune_config=tune.TuneConfig(
             metric=sweep_cfg.metric,
             mode=sweep_cfg.mode,
-            search_alg=_searcher(sweep_cfg, launch.settings.search, cfg.seed),
-            scheduler=_scheduler(sweep_cfg),
+            search_alg=launch.searcher,
+            scheduler=launch.scheduler,
             num_samples=sweep_cfg.num_samples,
             max_concurrent_trials=sweep_cfg.max_concurrent_trials,
             reuse_actors=cfg.cluster.reuse_actors,
@@ -404,11 +410,16 @@ def launch(plan: SweepPlan, kind: str, started: float) -> int:
     phases = {"perf/startup_s": time.time() - started}
     clock = time.perf_counter()
     ctx, parent = start(the_launch)
-    phases["perf/ray_start_and_mlflow_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    tuner = build_tuner(the_launch, ctx)
-    phases["perf/tune_setup_s"] = time.perf_counter() - clock
-    return fit(tuner, ctx, parent, phases)
+    try:
+        phases["perf/ray_start_and_mlflow_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        tuner = build_tuner(the_launch, ctx)
+        phases["perf/tune_setup_s"] = time.perf_counter() - clock
+        return fit(tuner, ctx, parent, phases)
+    except BaseException:
+        if parent is not None:  # whatever failed once it was open: not left RUNNING
+            parent.finish("FAILED")
+        raise
 
 
 def resume(name: str, cluster: ClusterConfig) -> int:
@@ -463,10 +474,8 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
         print(f"Interrupted. Resume with: python -m pipelines.{ctx.settings.kind} "
               f"resume={ctx.name}")
         return EXIT_INTERRUPTED
-    except BaseException:
-        if parent:
-            parent.finish("FAILED")
-        raise
+    finally:
+        clear_progress(ctx)
     import ray
 
     from pipelines.callbacks import INTERRUPTED
@@ -475,7 +484,6 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
     clock = time.perf_counter()
     summary = summarize_and_register(ctx, parent) if parent and not INTERRUPTED.is_set() \
         else None
-    clear_progress(ctx)
     ray.shutdown()  # flushes the trials' logs, so the summary below is what comes last
     phases["perf/ray_shutdown_s"] = time.perf_counter() - clock
     if INTERRUPTED.is_set():
@@ -586,12 +594,12 @@ def _register(ctx: TrialContext, env: str, run_id: str,
     logged, not raised (None): the runs are done and logged."""
     from mlflow import MlflowClient
 
-    from pipelines.models import register_champion
+    from pipelines.models import model_tag, register_champion
 
     name = f"{ctx.experiment_name}-{env}"
     try:
         client = MlflowClient(ctx.tracking_uri)
-        model_id = client.get_run(run_id).data.tags["model.best"]
+        model_id = client.get_run(run_id).data.tags[model_tag("best")]
         out = register_champion(client, ctx.tracking_uri, name, model_id, run_id)
     except Exception as e:
         log.warning("could not register the best model of run %s as %s: %s", run_id, name, e)

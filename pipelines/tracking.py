@@ -73,27 +73,6 @@ class RunLogger:
         """Whether the run existed before this logger continued it."""
 
     @classmethod
-    def open(
-        cls,
-        uri: str,
-        experiment_id: str,
-        run_key: str,
-        run_name: str,
-        tags: Mapping[str, Any],
-        params: Mapping[str, Any],
-        config: Mapping[str, Any] | None = None,
-        parent_run_id: str | None = None,
-        continued_tags: Mapping[str, Any] | None = None,
-    ) -> RunLogger:
-        """Continue the run tagged `run_key` if there is one (continue_run), else create
-        it (create)."""
-        existing = find_run(uri, experiment_id, run_key)
-        if existing is not None:
-            return cls.continue_run(uri, existing, continued_tags)
-        return cls.create(uri, experiment_id, run_key, run_name, tags, params, config,
-                          parent_run_id)
-
-    @classmethod
     def continue_run(cls, uri: str, run, continued_tags: Mapping[str, Any] | None = None
                      ) -> RunLogger:
         """Continue an existing run (a retried or resumed trial's): RUNNING again, its

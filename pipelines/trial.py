@@ -6,6 +6,7 @@ The trial is the only place where an algorithm meets Tune and MLflow, through
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from algos.core.finite import NonFiniteError
-from algos.core.metrics import ENV_STEPS, EPISODE_RETURN
+from algos.core.metrics import ENV_STEPS
 from algos.registry import get_algorithm
 from pipelines import private_api
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, compose_and_check, flat_params
-from pipelines.models import log_agents
+from pipelines.models import log_agents, model_tag
 from pipelines.schema import ClusterConfig, ProgressConfig
 from pipelines.space import CONFIG_TAG, config_label
 from pipelines.system_metrics import start_system_metrics, stop_system_metrics
@@ -38,10 +39,9 @@ FAILURE_TAG = "rlpipe.failure"
 """Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
 FAILURE_KEY, FAILURE_MESSAGE_KEY = "rlpipe/failure", "rlpipe/failure_message"
 """Keys of a trial's last Tune result that say it failed without an error (no retry)."""
-PROGRESS_KEY, RECENT_RETURN_KEY = "rlpipe/progress", "rlpipe/recent_return"
-"""Keys of a trial's Tune results (not logged to MLflow) for the driver's status line: the
-fraction of its training budget done, the mean return of the episodes since the last
-report."""
+PROGRESS_KEY = "rlpipe/progress"
+"""Key of a trial's Tune results (not logged to MLflow) for the driver's status line: the
+fraction of its training budget done."""
 
 
 @dataclass
@@ -57,7 +57,6 @@ class RunSettings:
     """max or min."""
     search: str
     """How dimensions become trials (sweep.search, resolved)."""
-    num_samples: int
     trials: int
     """Trials the launch plans (the status line's total)."""
     budget: tuple[str, float]
@@ -72,10 +71,14 @@ class RunSettings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
-        """From to_json()'s settings."""
-        return cls(**{**data, "budget": tuple(data["budget"]),
+        """From to_json()'s settings (an older launch's may lack the budget and the
+        progress settings, and hold keys no longer used)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in data.items() if k in known},
+                      "trials": data.get("trials", 0),
+                      "budget": tuple(data.get("budget", (ENV_STEPS, 0.0))),
                       "cluster": ClusterConfig(**data["cluster"]),
-                      "progress": ProgressConfig(**data["progress"])})
+                      "progress": ProgressConfig(**data.get("progress", {}))})
 
 
 @dataclass
@@ -250,19 +253,13 @@ class TrialReporter:
                     "trial's end; its retry regenerates the unwritten points")
             time.sleep(every)
 
-    def _progress(self, step: int, metrics: Mapping[str, float],
-                  history: Mapping[str, Sequence[tuple]] | None) -> dict:
-        """The status line's figures of one report."""
-        out = {}
-        if self.budget:
-            counter, total = self.budget
-            done = step if counter == ENV_STEPS else metrics.get(counter)
-            if done is not None and total > 0:
-                out[PROGRESS_KEY] = min(1.0, float(done) / total)
-        returns = (history or {}).get(EPISODE_RETURN)
-        if returns:
-            out[RECENT_RETURN_KEY] = sum(p[1] for p in returns) / len(returns)
-        return out
+    def _progress(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        """The share of the budget done at a report, for the status line."""
+        if not self.budget or self.budget[1] <= 0:
+            return {}
+        counter, total = self.budget
+        done = step if counter == ENV_STEPS else metrics.get(counter)
+        return {} if done is None else {PROGRESS_KEY: min(1.0, float(done) / total)}
 
     def progress(self, step: int, done: float) -> None:
         """Between reports: leave the fraction of the budget done where the driver's status
@@ -271,7 +268,7 @@ class TrialReporter:
             return
         try:
             private_api.kv_put(self.progress_key, json.dumps(
-                {"done": min(1.0, float(done) / self.budget[1]), "step": int(step)}).encode())
+                {"done": min(1.0, float(done) / self.budget[1])}).encode())
         except Exception as e:  # a status line must never stop training
             log.debug("progress note not written: %s", e)
 
@@ -282,7 +279,7 @@ class TrialReporter:
         from ray import tune
 
         self.last_step = step
-        result = {**metrics, ENV_STEPS: float(step), **self._progress(step, metrics, history)}
+        result = {**metrics, **self._progress(step, metrics)}
         history = {k: downsample(v, self.max_points) for k, v in (history or {}).items()}
         self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
@@ -294,7 +291,7 @@ class TrialReporter:
         if final and not written:
             self.wait_for_tracking()
             written = True
-        if state is None or not (checkpoint and written):  # during an outage: after it
+        if not (checkpoint and written) or state is None:  # during an outage: after it
             started = time.monotonic()
             tune.report(result)
             self.seconds["report_wait"] += time.monotonic() - started
@@ -344,34 +341,26 @@ def where_it_runs(ctx: TrialContext, composed: Composed) -> dict[str, str]:
     return where
 
 
-def open_run(ctx: TrialContext, composed: Composed, trial_id: str) -> RunLogger | None:
-    """The trial's MLflow run: created, or continued after a failure or a resume (found by
-    its run key). None when the run already finished with its models logged: a resumed
-    sweep whose saved state did not record that the trial had ended."""
-    key = run_key(ctx, trial_id)
-    existing = find_run(ctx.tracking_uri, ctx.experiment_id, key)
-    if existing is not None and existing.info.status == "FINISHED" and (
-            "model.final" in existing.data.tags):
-        return None
+def finished_before(run) -> bool:
+    """Whether a trial's run (found by its key) already finished with its models logged: a
+    resumed sweep whose saved state did not record that the trial had ended."""
+    return run is not None and run.info.status == "FINISHED" and model_tag("final") in (
+        run.data.tags)
+
+
+def open_run(ctx: TrialContext, composed: Composed, trial_id: str, existing) -> RunLogger:
+    """The trial's MLflow run: `existing` (found by its run key) continued after a failure
+    or a resume, else created."""
     where = where_it_runs(ctx, composed)
     if existing is not None:
         return RunLogger.continue_run(ctx.tracking_uri, existing, where)
     swept = [o for o in composed.overrides if o not in ctx.fixed]
     return RunLogger.create(
-        ctx.tracking_uri, ctx.experiment_id, key,
+        ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id),
         run_name=(",".join(swept) if ctx.parent_run_id else ctx.name) or ctx.name,
         tags={**run_tags(ctx, composed, trial_id), **where},
         params=flat_params(composed.container), config=composed.container,
         parent_run_id=ctx.parent_run_id)
-
-
-def report_finished_run(ctx: TrialContext, trial_id: str) -> None:
-    """Tell Tune the last result of a trial whose run had already finished (open_run gave
-    None): its metrics as the run holds them, nothing logged again."""
-    from ray import tune
-
-    run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
-    tune.report({**run.data.metrics, PROGRESS_KEY: 1.0})
 
 
 def budget_of(algorithm, algo_cfg) -> tuple[str, float]:
@@ -411,10 +400,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
-    logger = open_run(ctx, composed, trial_id)
-    if logger is None:
-        report_finished_run(ctx, trial_id)
+    existing = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
+    if finished_before(existing):  # tell Tune its last result; log nothing again
+        tune.report({**existing.data.metrics, PROGRESS_KEY: 1.0})
         return
+    logger = open_run(ctx, composed, trial_id, existing)
     state, resumed_step = restore_checkpoint(logger)
     monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
                                    resume=logger.existed)

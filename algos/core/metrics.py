@@ -1,4 +1,6 @@
-"""Metric names: every series a run logs, named once (as RLlib's ray.rllib.utils.metrics).
+"""Metric names: every series an algorithm logs, named once (as RLlib's
+ray.rllib.utils.metrics). The pipelines' own series (a sweep's perf/* timings, its
+summary's best/<env>/*) are named where they are made.
 
 The prefix says what a series is: `train/` what training did, `eval/` the evaluations,
 `loss/` the learner's losses, `perf/` throughput. Every step is env steps sampled so far.

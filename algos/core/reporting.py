@@ -136,6 +136,9 @@ class Reports:
         self.steps = self.updates = 0
         """Env steps and updates since the last report."""
         self.started = self.last_note = time.perf_counter()
+        self.due_at: float | None = None
+        """When due() last said a report is due: the end of the training time it counts
+        (building the metrics and the checkpoint is not training)."""
         self.note = getattr(self.reporter, "progress", None)
 
     def episode(self, step: int, episode_return: float, ended_at: float | None = None) -> None:
@@ -154,15 +157,19 @@ class Reports:
             self.note(step, position)
 
     def due(self, position: int) -> bool:
-        """Whether the run reports at budget position `position`."""
-        return position >= self.next or position >= self.total
+        """Whether the run reports at budget position `position` (the training time since
+        the last report stops now)."""
+        due = position >= self.next or position >= self.total
+        if due:
+            self.due_at = time.perf_counter()
+        return due
 
     def report(self, step: int, position: int, metrics: Mapping[str, float],
                checkpoint: Mapping[str, Any]) -> dict[str, float]:
         """Evaluate, keep the best, and report `metrics` with the evaluation's and the
         throughput's at env step `step`, with `checkpoint` (the algorithm's state) and the
         best evaluation as the state to resume from. Returns the metrics reported."""
-        seconds = time.perf_counter() - self.started
+        seconds = (self.due_at or time.perf_counter()) - self.started
         mean, std, _ = self.evaluate()
         self.best.offer(m.score(mean, std), step, self.weights)
         out = {
@@ -184,4 +191,5 @@ class Reports:
         self.metrics, self.returns = out, []
         self.steps = self.updates = 0
         self.started = time.perf_counter()  # evaluating and reporting are not training
+        self.due_at = None
         return out
