@@ -35,6 +35,8 @@ CASES = [
      ["cluster.address=127.0.0.1:1", "nothing answers there"]),
     (TRAIN, ["cluster=remote", "cluster.address=nohost"], ["cluster.address=nohost",
                                                            "not host:port"]),
+    (TRAIN, ["cluster=remote", "cluster.address=ray://127.0.0.1:1"],
+     ["cluster.address=ray://127.0.0.1:1", "nothing answers there"]),
     (TRAIN, ["algo.lr=0.1,0.2"], ["algo.lr=0.1,0.2", "pipelines.sweep"]),
     (TRAIN, ["tracking.uri=bogus"], ["tracking.uri=bogus", "sqlite:///"]),
     (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),

@@ -78,3 +78,21 @@ def test_a_log_interval_samples_log_uniformly_and_a_plain_one_uniformly(search):
     # 9%), a quarter under 0.0316.
     assert abs(np.mean(lr < 0.1) - 0.5) < 0.03 and abs(np.mean(lr < 10 ** -1.5) - 0.25) < 0.03
     assert abs(np.mean(gamma < 0.85) - 0.5) < 0.03
+
+
+def test_a_resume_reads_the_context_an_older_launch_saved():
+    # An older rlpipe.json: settings without the budget and the progress settings, with a
+    # key no longer used; it still rebuilds the context a resume needs.
+    from pipelines.trial import RunSettings, TrialContext
+
+    old = {"name": "s", "uid": "u", "fixed": [], "tracking_uri": "sqlite:///x.db",
+           "experiment_id": "1", "experiment_name": "e", "parent_run_id": "p",
+           "git_commit": "c", "space": {}, "cluster": {},
+           "settings": {"kind": "sweep", "metric": "eval/score", "mode": "max",
+                        "search": "grid", "num_samples": 1, "env": "taxi",
+                        "register": False, "cluster": {"kind": "local"}}}
+    ctx = TrialContext.from_json(old)
+    assert isinstance(ctx.settings, RunSettings) and ctx.settings.kind == "sweep"
+    assert ctx.settings.budget == ("train/env_steps", 0.0) and ctx.settings.trials == 0
+    assert ctx.settings.progress.every_s == 10.0 and ctx.settings.cluster.kind == "local"
+    assert TrialContext.from_json(ctx.to_json()) == ctx  # and round-trips
