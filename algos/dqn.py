@@ -43,6 +43,7 @@ from algos.core.networks import (
     cpu_weights,
     is_image,
     resolve_device,
+    set_lr,
 )
 from algos.core.replay import Batch, FrameReplayBuffer, ReplayBuffer
 from algos.core.reporting import Reporter, Reports
@@ -184,12 +185,6 @@ def make_optimizer(net: nn.Module, lr: float, device: torch.device,
     return torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 PHASE_BYTES = 1 << 26
 """The most observation bytes one phase's minibatches take at once (64 MiB)."""
 
@@ -324,6 +319,13 @@ class Learner:
         return linear(self.env_steps, cfg.epsilon_start, cfg.epsilon_end,
                       int(cfg.exploration_fraction * cfg.total_steps))
 
+    def lr(self) -> float:
+        """The learning rate at this env step: lr, or linear from lr to lr_end."""
+        cfg = self.cfg
+        if cfg.lr_end is None:
+            return cfg.lr
+        return linear(self.env_steps, cfg.lr, cfg.lr_end, cfg.total_steps)
+
     def store(self, batch: Mapping[str, Any]) -> None:
         """A batch of transitions from the rollout workers into the replay memory."""
         self.memory.add(batch["env_ids"], batch["obs"], batch["actions"], batch["rewards"],
@@ -348,8 +350,7 @@ class Learner:
                 self.graphed = capture_step(self.online, self.target, self.optimizer, cfg,
                                             self.obs_space, self.device)
             if cfg.lr_end is not None:
-                set_lr(self.optimizer, linear(self.env_steps, cfg.lr, cfg.lr_end,
-                                              cfg.total_steps))
+                set_lr(self.optimizer, self.lr())
             stats = update(self.online, self.target, self.optimizer, self.memory, n_updates,
                            cfg, self.device, self.graphed)
             check_stats(self.env_steps, stats)
@@ -387,6 +388,9 @@ class Learner:
         self.target.load_state_dict(state["target"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.env_steps, self.updates = state["env_steps"], state["updates"]
+        # Adam's state carries the learning rate it was saved with: the config's wins
+        # (after Population Based Training's explore step it is a new one; ray#62173).
+        set_lr(self.optimizer, self.lr())
         self.last_sync = state["last_sync"]
         if state.get("replay") is not None:
             self.memory.load_state_dict(state["replay"])

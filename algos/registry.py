@@ -10,8 +10,13 @@ from types import ModuleType
 from typing import Any
 
 from algos import configs
+from algos.core import metrics as m
 from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, read_manifest
 from algos.core.metrics import ENV_STEPS, EPISODES
+
+EVERY_REPORT = (m.ENV_STEPS, m.EVAL_MEAN_RETURN, m.EVAL_STD_RETURN, m.EVAL_SCORE,
+                m.ENV_STEPS_PER_S, m.UPDATES_PER_S, m.EPISODE_RETURN_MEAN)
+"""What every algorithm's reports carry (Reports.report), beside its own metrics."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,18 @@ class Algorithm:
     budget: tuple[str, str] = ("total_steps", ENV_STEPS)
     """(the config field that holds the training budget, the reported metric that counts
     toward it)."""
+    mutable: tuple[str, ...] = ()
+    """The config fields that may change during a run (Population Based Training's
+    explore step): train() reads them from its config at each use, also after it
+    continues from a checkpoint taken under other values."""
+    reports: tuple[str, ...] = ()
+    """The metrics of its reports beside EVERY_REPORT (what a sweep may rank by and a
+    scheduler may count time in)."""
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Every metric its reports carry."""
+        return EVERY_REPORT + self.reports
 
     @property
     def code(self) -> ModuleType:
@@ -81,17 +98,25 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_class=configs.QLearningConfig,
         agent=TableAgent,
         budget=("episodes", EPISODES),
+        mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
+        reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, m.TD_LOSS),
     ),
     "dqn": Algorithm(
         name="dqn",
         module="algos.dqn",
         config_class=configs.DQNConfig,
+        mutable=("lr", "lr_end", "gamma", "exploration_fraction", "epsilon_end",
+                 "target_update_interval", "max_grad_norm"),
+        reports=(m.UPDATES, m.EPSILON, m.Q_MEAN, m.TD_LOSS, m.WORKER_RESTARTS),
     ),
     "reinforce": Algorithm(
         name="reinforce",
         module="algos.reinforce",
         config_class=configs.ReinforceConfig,
         budget=("episodes", EPISODES),
+        mutable=("lr", "gamma", "episodes_per_update"),
+        reports=(m.EPISODES, m.POLICY_LOSS, m.ENTROPY, m.WORKERS_PER_UPDATE,
+                 m.WORKER_RESTARTS),
     ),
 }
 

@@ -28,7 +28,13 @@ from algos.core.agents import NetworkResult
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
-from algos.core.networks import NetworkFactory, check_box_discrete, cpu_weights, resolve_device
+from algos.core.networks import (
+    NetworkFactory,
+    check_box_discrete,
+    cpu_weights,
+    resolve_device,
+    set_lr,
+)
 from algos.core.reporting import Reporter, Reports
 from algos.core.workers import WorkerPool
 
@@ -135,6 +141,7 @@ def train(cfg: ReinforceConfig, env_cfg: EnvConfig, seed: int, reporter: Reporte
     if state is not None:
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
+        set_lr(optimizer, cfg.lr)  # not the saved one: the config may be new (ray#62173)
         episode, env_steps, updates = state["episode"], state["env_steps"], state["updates"]
     eval_seeds = cfg.evaluation_seeds()
     reports = Reports(reporter, cfg.eval_every, cfg.episodes,

@@ -244,8 +244,11 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
-    version = client.create_model_version(name, source=f"models:/{model_id}",
-                                          run_id=source_run_id, model_id=model_id).version
+    # The store resolves the models:/ source through the process-wide tracking URI.
+    with private_api.mlflow_store(tracking_uri):
+        version = client.create_model_version(name, source=f"models:/{model_id}",
+                                              run_id=source_run_id,
+                                              model_id=model_id).version
     challenger, manifest = load_logged_agent(f"models:/{model_id}", tracking_uri)
     new = play(challenger, manifest)["score"]
     client.set_model_version_tag(name, str(version), EVAL_SCORE, str(new))

@@ -42,7 +42,16 @@ from pipelines.cluster import (
     trial_bundles,
 )
 from pipelines.config import ROOT, UserError, compose_config, parse_overrides
-from pipelines.schema import ClusterConfig, SweepConfig
+from pipelines.schedulers import (
+    PAUSING,
+    build_scheduler,
+    build_searcher,
+    check_metric,
+    check_scheduler,
+    seed_space,
+    time_attr,
+)
+from pipelines.schema import ClusterConfig
 from pipelines.space import SweepPlan, plan_sweep, tune_space
 from pipelines.tracking import (
     RunLogger,
@@ -198,11 +207,11 @@ def storage_root(cluster: ClusterConfig) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def planned_trials(plan: SweepPlan, search: str, num_samples: int) -> int:
+def planned_trials(plan: SweepPlan, search: str, num_samples: int, seeds: int = 1) -> int:
     """How many trials Tune will run: each grid point num_samples times (grid, auto), or
-    num_samples in all (random, optuna)."""
-    if search in ("random", "optuna"):
-        return num_samples
+    num_samples configurations (random, optuna, bohb), each with `seeds` seeds."""
+    if search in ("random", "optuna", "bohb"):
+        return num_samples * seeds
     points = 1
     for d in plan.dims:
         if d.discrete:
@@ -236,19 +245,28 @@ def plan_launch(plan: SweepPlan, kind: str) -> Launch:
             f"sweep.name={name}: a run of that name exists in {storage}; "
             f"resume it with resume={name} or choose another name"
         )
-    search = cfg.sweep.search
-    space = tune_space(plan, search)  # a space Tune cannot take is bad input too
+    search, sweep_cfg = cfg.sweep.search, cfg.sweep
+    algorithms = {get_algorithm(c.cfg.algo.name) for _, c in plan.trials} or {
+        get_algorithm(cfg.algo.name)}
+    check_metric(sweep_cfg, algorithms)
+    time_key = time_attr(sweep_cfg, algorithms)
+    check_scheduler(sweep_cfg, plan)
+    # A space Tune cannot take is bad input too.
+    space = {**tune_space(plan, search), **seed_space(sweep_cfg, cfg.seed)}
     settings = RunSettings(
-        kind=kind, metric=cfg.sweep.metric, mode=cfg.sweep.mode, search=search,
-        trials=planned_trials(plan, search, cfg.sweep.num_samples),
+        kind=kind, metric=sweep_cfg.metric, mode=sweep_cfg.mode, search=search,
+        trials=planned_trials(plan, search, sweep_cfg.num_samples, sweep_cfg.seeds_per_config),
         budget=budget_of(get_algorithm(cfg.algo.name), cfg.algo),
         cluster=cfg.cluster, progress=cfg.progress, env=env,
         register=kind == "train" and cfg.tracking.register,
+        seed=cfg.seed, scheduler=sweep_cfg.scheduler.name,
+        mutations=[d.key for d in plan.mutations],
     )
+    folder = None if "://" in storage else str(Path(storage) / name)
     return Launch(plan=plan, kind=kind, name=name, experiment_name=experiment_name,
                   uri=uri, storage=storage, fixed=fixed, settings=settings, space=space,
-                  searcher=_searcher(cfg.sweep, search, cfg.seed),
-                  scheduler=_scheduler(cfg.sweep))
+                  searcher=build_searcher(sweep_cfg, search, cfg.seed, folder),
+                  scheduler=build_scheduler(sweep_cfg, plan, space, time_key))
 
 
 # ----- 2. open tracking, 3. start Ray ----------------------------------------------------
@@ -274,6 +292,8 @@ def open_tracking(launch: Launch) -> tuple[str, RunLogger | None]:
             "sweep.metric": cfg.sweep.metric,
             "sweep.mode": cfg.sweep.mode,
             "sweep.scheduler": cfg.sweep.scheduler.name,
+            "sweep.seeds_per_config": cfg.sweep.seeds_per_config,
+            **{f"mutation.{d.key}": d.expression for d in plan.mutations},
         },
         config=plan.base.container,
     )
@@ -320,30 +340,6 @@ def start(launch: Launch) -> tuple[TrialContext, RunLogger | None]:
 # ----- 4. fit ----------------------------------------------------------------------------
 
 
-def _searcher(sweep: SweepConfig, search: str, seed: int):
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
-    return BasicVariantGenerator(random_state=seed)
-
-
-def _scheduler(sweep: SweepConfig):
-    if sweep.scheduler.name == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    s = sweep.scheduler
-    return ASHAScheduler(
-        time_attr=s.time_attr,
-        max_t=s.max_t,
-        grace_period=s.grace_period,
-        reduction_factor=s.reduction_factor,
-    )
-
-
 def _trainable(ctx: TrialContext, cluster: ClusterConfig, plan: SweepPlan | None = None):
     from ray import tune
 
@@ -373,7 +369,10 @@ def _run_config(ctx: TrialContext, storage: str, cluster: ClusterConfig):
         name=ctx.name,
         storage_path=storage,
         failure_config=tune.FailureConfig(max_failures=cluster.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT copies a member's newest checkpoint; keep a few so that one is not removed
+        # while another member restores it.
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=4 if ctx.settings.scheduler in PAUSING else 2),
         callbacks=[MlflowStatusCallback(ctx), ProgressCallback(ctx)],
         verbose=progress.tune_verbose,
     )
@@ -393,7 +392,9 @@ def build_tuner(launch: Launch, ctx: TrialContext):
             mode=sweep_cfg.mode,
             search_alg=launch.searcher,
             scheduler=launch.scheduler,
-            num_samples=sweep_cfg.num_samples,
+            num_samples=sweep_cfg.num_samples * (
+                sweep_cfg.seeds_per_config if launch.settings.search in ("optuna", "bohb")
+                else 1),
             max_concurrent_trials=sweep_cfg.max_concurrent_trials,
             reuse_actors=cfg.cluster.reuse_actors,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
@@ -465,6 +466,9 @@ def fit(tuner, ctx: TrialContext, parent: RunLogger | None,
         # older one prints nothing at 0, leaving the status line alone.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # Tune's file loggers look for a restarted trial's result files (a PBT exploit, a
+    # pause) where the function API writes none.
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
     started = time.perf_counter()
     try:
         results = tuner.fit()

@@ -11,8 +11,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from algos.core.envs import EnvConfig
-from algos.core.metrics import EVAL_SCORE
-from algos.core.validation import ConfigValueError, at_least, one_of, positive
+from algos.core.metrics import ENV_STEPS, EPISODES, EVAL_SCORE
+from algos.core.validation import ConfigValueError, at_least, in_range, one_of, positive
 from algos.registry import ALGORITHMS
 
 RUN_SETTINGS = ("tracking", "cluster", "resume", "sweep", "progress", "report", "evaluate",
@@ -22,8 +22,9 @@ trains: they cannot be swept, and no two configurations differ by them."""
 NOT_CONFIG = ("seed", *RUN_SETTINGS)
 """Top-level keys that never tell one configuration from another: the run settings and
 the seed (a configuration's seeds are its repeats)."""
-SEARCHES = ("auto", "grid", "random", "optuna")
-SCHEDULERS = ("none", "asha")
+SEARCHES = ("auto", "grid", "random", "optuna", "bohb")
+SCHEDULERS = ("none", "asha", "hyperband", "bohb", "median", "pbt", "pb2")
+TIME_ATTRS = ("auto", "training_iteration", ENV_STEPS, EPISODES)
 
 
 @dataclass
@@ -127,26 +128,70 @@ class ClusterConfig:
 
 @dataclass
 class SchedulerConfig:
-    """An optional trial scheduler that stops weak trials early."""
+    """A trial scheduler, through Tune's own class: one that stops weak trials early (asha,
+    hyperband, bohb, median) or one that changes hyperparameters while trials run (pbt,
+    pb2). Each setting names the schedulers that read it; the others must stay unset."""
 
     name: str = "none"
-    """none or asha."""
-    time_attr: str = "training_iteration"
-    """What ASHA counts time in: training_iteration (reports) or train/env_steps."""
+    """none, asha, hyperband, bohb (HyperBandForBOHB, with search=bohb), median
+    (MedianStoppingRule), pbt (PopulationBasedTraining) or pb2 (PB2)."""
+    time_attr: str = "auto"
+    """What the scheduler counts time in: auto (pbt, pb2: the algorithm's budget,
+    train/env_steps, or train/episodes for Q-learning and REINFORCE; the others: reports,
+    training_iteration), training_iteration, train/env_steps or train/episodes."""
     max_t: int = 100
-    """ASHA's longest trial, in time_attr units."""
+    """asha, hyperband, bohb: the longest trial, in time_attr units."""
     grace_period: int = 1
-    """ASHA's shortest trial before it may be stopped, in time_attr units."""
+    """asha, median: the shortest trial before it may be stopped, in time_attr units."""
     reduction_factor: float = 3.0
-    """ASHA keeps 1/reduction_factor of the trials at each rung."""
+    """asha, hyperband, bohb: keep 1/reduction_factor of the trials at each rung."""
+    min_samples_required: int = 3
+    """median: trials that must have reached a time before one is compared with them."""
+    perturbation_interval: float = 0.0
+    """pbt, pb2 (required): time_attr units between a member's exploit/explore steps."""
+    burn_in_period: float = 0.0
+    """pbt: no exploit before this time."""
+    quantile_fraction: float = 0.25
+    """pbt, pb2: the bottom fraction of the population copies the top fraction."""
+    resample_probability: float = 0.25
+    """pbt: chance that an explored value is sampled anew from its range, instead of the
+    donor's value times a perturbation factor (or the next value of a choice)."""
+    perturbation_factors: list[float] = field(default_factory=lambda: [1.2, 0.8])
+    """pbt: what the donor's continuous values are multiplied by (then clipped to their
+    range)."""
+    synch: bool = False
+    """pbt, pb2: the population waits for its slowest member at each interval."""
+    mutations: dict[str, str] = field(default_factory=dict)
+    """pbt, pb2: key -> range in the sweep grammar (interval(lo, hi), tag(log,
+    interval(lo, hi)), choice(...); pb2: intervals only) of the keys that change during a
+    run. Only keys the algorithm declares mutable (algos.registry)."""
 
     def __post_init__(self) -> None:
         one_of(self, "name", SCHEDULERS)
-        positive(self, "max_t", "grace_period")
+        one_of(self, "time_attr", TIME_ATTRS)
+        positive(self, "max_t", "grace_period", "min_samples_required")
         if not self.reduction_factor > 1:
             raise ConfigValueError("reduction_factor", self.reduction_factor, "must be > 1")
-        if self.grace_period > self.max_t:
+        if self.grace_period > self.max_t and self.name == "asha":
             raise ConfigValueError("grace_period", self.grace_period, "must be <= max_t")
+        at_least(self, "burn_in_period", 0.0)
+        at_least(self, "perturbation_interval", 0.0)
+        in_range(self, "quantile_fraction", 0.0, 0.5, low_open=True)
+        in_range(self, "resample_probability", 0.0, 1.0)
+        if not self.perturbation_factors or any(not f > 0 for f in self.perturbation_factors):
+            raise ConfigValueError("perturbation_factors", self.perturbation_factors,
+                                   "a list of factors > 0")
+        adaptive = self.name in ("pbt", "pb2")
+        if adaptive and not self.perturbation_interval > 0:
+            raise ConfigValueError("perturbation_interval", self.perturbation_interval,
+                                   f"must be > 0 with name={self.name} (in time_attr units)")
+        if adaptive and not self.mutations:
+            raise ConfigValueError("mutations", {}, f"name={self.name} needs at least one "
+                                   "mutable key and its range, e.g. algo.lr: "
+                                   "tag(log, interval(1e-4, 1e-2))")
+        if not adaptive and self.mutations:
+            raise ConfigValueError("mutations", dict(self.mutations),
+                                   "only with name=pbt or pb2")
 
 
 @dataclass
@@ -165,7 +210,12 @@ class SweepConfig:
     """max or min."""
     search: str = "auto"
     """auto (discrete dimensions a grid, continuous ones sampled num_samples times per grid
-    point), grid (all discrete), random (every dimension sampled), optuna (TPE)."""
+    point), grid (all discrete), random (every dimension sampled), optuna (TPE), bohb
+    (TuneBOHB, with scheduler.name=bohb)."""
+    seeds_per_config: int = 1
+    """Seeds each configuration runs with (seed, seed + 1, ...): the searcher is told the
+    IQM of their results once all have finished (random, optuna, bohb; the grid of
+    auto/grid sweeps a seed range instead)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_concurrent_trials: int | None = None
     """Upper bound on trials at once (null: as many as the cluster fits)."""
@@ -174,6 +224,20 @@ class SweepConfig:
         positive(self, "num_samples")
         one_of(self, "mode", ("max", "min"))
         one_of(self, "search", SEARCHES)
+        at_least(self, "seeds_per_config", 1)
+        if (self.search == "bohb") != (self.scheduler.name == "bohb"):
+            key, value = (("scheduler.name", self.scheduler.name) if self.search == "bohb"
+                          else ("search", self.search))
+            raise ConfigValueError(key, value, "search=bohb and scheduler.name=bohb go "
+                                   "together (TuneBOHB with HyperBandForBOHB)")
+        if self.seeds_per_config > 1 and self.search not in ("random", "optuna", "bohb"):
+            raise ConfigValueError("seeds_per_config", self.seeds_per_config,
+                                   "> 1 only with search=random, optuna or bohb (a grid "
+                                   "sweeps seed: range(0, N) instead)")
+        if self.seeds_per_config > 1 and self.scheduler.name in ("pbt", "pb2"):
+            raise ConfigValueError("seeds_per_config", self.seeds_per_config,
+                                   "> 1 not with pbt or pb2 (their population sweeps seed: "
+                                   "range(0, N))")
         if self.max_concurrent_trials is not None:
             positive(self, "max_concurrent_trials")
 

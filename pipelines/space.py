@@ -30,6 +30,9 @@ CONFIG_TAG = "config"
 """Tag of every trial's run: its configuration (Group by in the MLflow UI)."""
 BASE_CONFIG = "base"
 """The configuration of a sweep that sweeps nothing but seeds."""
+TRIAL_INDEX = "__trial_index__"
+"""The key Tune's Repeater sets in a repeated trial's config: its repeat's index (its seed
+is the sweep's seed plus it), never part of the configuration."""
 
 
 def config_label(overrides: Iterable[str]) -> str:
@@ -37,7 +40,8 @@ def config_label(overrides: Iterable[str]) -> str:
     it ran and was logged: NOT_CONFIG), sorted, space-separated; `base` when nothing is
     left."""
     kept = sorted(o for o in overrides
-                  if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in NOT_CONFIG)
+                  if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in NOT_CONFIG
+                  and not o.startswith(TRIAL_INDEX))
     return " ".join(kept) or BASE_CONFIG
 
 
@@ -56,6 +60,9 @@ class Dimension:
     log: bool = False
     integer: bool = False
     """Continuous dimensions over an int-typed key sample integers."""
+    mutated: bool = False
+    """A key Population Based Training changes during a run (sweep.scheduler.mutations):
+    its range gives each member's first value and bounds what explore may set."""
 
     @property
     def discrete(self) -> bool:
@@ -84,6 +91,11 @@ class SweepPlan:
     trials: list[tuple[tuple[str, ...], Composed]] = field(default_factory=list)
     """The validated trial configs with the overrides that make each: every combination,
     or past FULL_CHECK_LIMIT every value of each dimension (the others at their first)."""
+
+    @property
+    def mutations(self) -> list[Dimension]:
+        """The dimensions a scheduler changes while trials run (pbt, pb2)."""
+        return [d for d in self.dims if d.mutated]
 
     @property
     def size(self) -> int | None:
@@ -144,10 +156,13 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
         if o.is_hydra_override():
             raise UserError(f"{o.input_line}: hydra.* settings are not used by these entry points")
     merged: list[Override] = list(cli)
+    sweep_cfg = None
     if sweep_params:
         sweep_only = [_line(o) for o in cli if _root_key(o) == "sweep" and not
                       o.is_sweep_override()]
-        params = compose_config(sweep_only).container["sweep"]["params"]
+        sweep_composed = compose_config(sweep_only)
+        sweep_cfg = sweep_composed.cfg.sweep
+        params = sweep_composed.container["sweep"]["params"]
         cli_keys = {o.key_or_group for o in cli}
         from_file = [f"{k}={v}" for k, v in params.items()]
         try:
@@ -160,6 +175,15 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
     keys = [d.key for d in dims]
     if len(set(keys)) != len(keys):
         raise UserError(f"{keys}: a key is swept twice")
+    if sweep_cfg is not None:
+        mutations = _mutations(sweep_cfg.scheduler.mutations, fixed, dims)
+        if sweep_cfg.seeds_per_config > 1 and "seed" in keys:
+            raise UserError(f"sweep.seeds_per_config={sweep_cfg.seeds_per_config}: seed is "
+                            "swept too; give one or the other")
+        if mutations:  # a key that may not change, named before its range is composed
+            _check_mutable(mutations, [compose_and_check(fixed + [d.first() for d in dims])])
+        dims += mutations
+    mutated = [d for d in dims if d.mutated]
     continuous = [d for d in dims if not d.discrete]
     if continuous:
         # An interval over an int-typed key samples ints: read the key's type first.
@@ -169,8 +193,53 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
             d.integer = isinstance(current, int) and not isinstance(current, bool)
     base = compose_and_check(fixed + [d.first() for d in dims])
     trials = _validate_space(fixed, dims)
+    _check_mutable(mutated, [composed for _, composed in trials])
     space_text = {d.key: d.expression for d in dims}
     return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text, trials=trials)
+
+
+MUTATIONS = "sweep.scheduler.mutations"
+
+
+def _mutations(written: dict[str, str], fixed: list[str], dims: list[Dimension]
+               ) -> list[Dimension]:
+    """The dimensions of sweep.scheduler.mutations: ranges in the sweep grammar, of keys
+    no other dimension sweeps."""
+    out = []
+    swept = {d.key for d in dims}
+    for key, expression in written.items():
+        try:
+            (o,) = parse_overrides([f"{key}={expression}"])
+        except UserError as e:
+            raise UserError(f"{MUTATIONS}.{e}") from None
+        if not o.is_sweep_override():
+            raise UserError(f"{MUTATIONS}.{key}={expression}: a range, as interval(lo, hi), "
+                            "tag(log, interval(lo, hi)) or choice(a, b, ...)")
+        if key in swept:
+            raise UserError(f"sweep.params.{key}: {key} is also a mutation; its range in "
+                            f"{MUTATIONS} gives each member's first value (a grid over a "
+                            "mutated key would be undone by the first explore)")
+        if any(f.split("=", 1)[0].lstrip("+~") == key for f in fixed):
+            raise UserError(f"{key}: fixed by an override and mutated by {MUTATIONS}; "
+                            "give its range once, in the mutations")
+        d = _as_dimension(o)
+        d.mutated = True
+        out.append(d)
+    return out
+
+
+def _check_mutable(mutations: list[Dimension], trials: Iterable[Composed]) -> None:
+    """Every mutated key is one each trial's algorithm may change during a run."""
+    from algos.registry import get_algorithm
+
+    for composed in trials:
+        algorithm = get_algorithm(composed.cfg.algo.name)
+        for d in mutations:
+            group, _, name = d.key.partition(".")
+            if group != "algo" or name not in algorithm.mutable:
+                raise UserError(
+                    f"{MUTATIONS}.{d.key}: {d.key} cannot change during a {algorithm.name} "
+                    f"run; mutable: {', '.join('algo.' + k for k in algorithm.mutable)}")
 
 
 def _points(d: Dimension) -> list[str]:
@@ -220,9 +289,9 @@ def tune_space(plan: SweepPlan, search: str) -> dict[str, Any]:
     space: dict[str, Any] = {}
     for d in plan.dims:
         if d.discrete:
-            grid = search in ("grid", "auto")
+            grid = search in ("grid", "auto") and not d.mutated
             space[d.key] = tune.grid_search(d.values) if grid else tune.choice(d.values)
-        elif search == "grid":
+        elif search == "grid" and not d.mutated:
             raise UserError(
                 f"sweep.search=grid: {d.key}={d.expression} is not discrete; use "
                 "search=auto, random or optuna"

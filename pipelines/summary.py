@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipelines.display import best_lines, format_table, plot_curves, plot_iqm
+from pipelines.lineage import LINEAGE_FILE, record_population
 from pipelines.private_api import TABLE_ARTIFACTS_TAG
 from pipelines.space import CONFIG_TAG, config_label
 from pipelines.stats import Row, Trial, summarize, winners
@@ -37,8 +38,8 @@ def _seed_order(seed: str | None) -> tuple[int, str]:
     return (int(seed), "") if seed and seed.isdigit() else (1 << 62, str(seed))
 
 
-def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str) -> list[Trial]:
-    """The sweep's trials, read from its parent run's children."""
+def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
+    """The runs of a sweep's trials: its parent run's children."""
     runs, token = [], None
     while True:
         page = client.search_runs(
@@ -47,7 +48,14 @@ def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str) ->
         runs += list(page)
         token = page.token
         if not token:
-            break
+            return runs
+
+
+def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str,
+                 runs: list | None = None) -> list[Trial]:
+    """The sweep's trials, read from its parent run's children (`runs`: already read)."""
+    runs = list(runs if runs is not None else child_runs(client, experiment_id,
+                                                        parent_run_id))
     trials = []
     runs.sort(key=lambda r: (_seed_order(r.data.tags.get("seed")), r.info.start_time))
     for run in runs:
@@ -76,9 +84,11 @@ def _table_json(rows: Sequence[Row]) -> str:
     return json.dumps({"columns": columns, "data": [[r[c] for c in columns] for r in records]})
 
 
-def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str) -> list[str]:
+def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str,
+           extra_tables: Sequence[str] = ()) -> list[str]:
     """Log the summary on the parent run: summary.json (a table), summary.csv, the plots,
-    and per env its best configuration as tags and metrics. Returns the artifact names."""
+    and per env its best configuration as tags and metrics; `extra_tables`: other table
+    artifacts of the parent (the UI's table list). Returns the artifact names."""
     names = ["summary.json", "summary.csv"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -91,7 +101,8 @@ def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str) ->
             names.append("iqm.png")
         for name in names:
             logger.log_artifact(folder / name)
-    tags = {TABLE_ARTIFACTS_TAG: json.dumps([{"path": "summary.json", "type": "table"}])}
+    tables = ["summary.json", *extra_tables]
+    tags = {TABLE_ARTIFACTS_TAG: json.dumps([{"path": t, "type": "table"} for t in tables])}
     metrics: dict[str, float] = {}
     for env, r in winners(rows).items():
         tags.update({f"best.{env}.config": r.config, f"best.{env}.run_id": r.top_run_id,
@@ -110,11 +121,13 @@ def summarize_sweep(logger, experiment_id: str, metric: str, mode: str,
                     ui_run=None) -> tuple[list[Row], str]:
     """Read the sweep under the parent run `logger` from MLflow, log its summary there, and
     return the rows and the text to print."""
-    trials = fetch_trials(logger.client, experiment_id, logger.run_id, metric)
+    runs = child_runs(logger.client, experiment_id, logger.run_id)
+    trials = fetch_trials(logger.client, experiment_id, logger.run_id, metric, runs)
     rows = summarize(trials, mode)
     if not rows:
         return rows, f"No trial of this sweep has reported {metric} yet."
-    record(logger, rows, trials, metric)
+    population = record_population(logger, runs, metric)  # a PBT sweep's lineage
+    record(logger, rows, trials, metric, [LINEAGE_FILE] if population else [])
     text = format_table(rows, metric) + "\n" + "\n".join(best_lines(rows, ui_run))
     return rows, text
 

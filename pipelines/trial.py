@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pickle
 import shutil
 import sys
@@ -25,12 +26,16 @@ from algos.registry import get_algorithm
 from pipelines import private_api
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, compose_and_check, flat_params
+from pipelines.lineage import COUNTERS, Origin, continuation, record_start, values_in_use
 from pipelines.models import log_agents, model_tag
+from pipelines.schedulers import PAUSING
 from pipelines.schema import ClusterConfig, ProgressConfig
-from pipelines.space import CONFIG_TAG, config_label
+from pipelines.space import CONFIG_TAG, TRIAL_INDEX, config_label
 from pipelines.system_metrics import start_system_metrics, stop_system_metrics
 from pipelines.tracking import RunLogger, find_run, is_outage
 
+THREAD_TIMEOUT_VAR = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+"""How long Tune waits for a stopped trial's thread before it reuses its actor (2 s)."""
 STATE_FILE = "state.pkl"
 STEP_FILE = "step.json"
 """The step of the report a checkpoint was taken with (the run's step when it resumes)."""
@@ -39,6 +44,8 @@ FAILURE_TAG = "rlpipe.failure"
 """Tag of a run that failed in a way a retry cannot mend (non_finite: diverged)."""
 FAILURE_KEY, FAILURE_MESSAGE_KEY = "rlpipe/failure", "rlpipe/failure_message"
 """Keys of a trial's last Tune result that say it failed without an error (no retry)."""
+DONE = "done"
+"""Tune's key of a trial's last result: it ends the trial, no scheduler acts on it."""
 PROGRESS_KEY = "rlpipe/progress"
 """Key of a trial's Tune results (not logged to MLflow) for the driver's status line: the
 fraction of its training budget done."""
@@ -68,6 +75,13 @@ class RunSettings:
     it)."""
     register: bool = False
     """Register the run's best model (train with tracking.register=true)."""
+    seed: int = 0
+    """The launch's seed (a repeated configuration's trials take seed + their index)."""
+    scheduler: str = "none"
+    """sweep.scheduler.name: pbt and pb2 checkpoint at every report and change the
+    trials' hyperparameters while they run."""
+    mutations: list[str] = field(default_factory=list)
+    """The keys the scheduler changes while trials run (each logged as hp/<key>)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
@@ -118,8 +132,10 @@ class TrialContext:
 
 
 def trial_overrides(ctx: TrialContext, config: dict[str, Any]) -> list[str]:
-    """A trial's overrides: the sweep's fixed ones, then one per sampled dimension."""
-    return list(ctx.fixed) + [f"{k}={v}" for k, v in config.items()]
+    """A trial's overrides: the sweep's fixed ones, then one per sampled dimension (a
+    repeated configuration's index: its seed)."""
+    return list(ctx.fixed) + [f"seed={ctx.settings.seed + int(v)}" if k == TRIAL_INDEX
+                              else f"{k}={v}" for k, v in config.items()]
 
 
 def run_key(ctx: TrialContext, trial_id: str) -> str:
@@ -127,20 +143,23 @@ def run_key(ctx: TrialContext, trial_id: str) -> str:
     return f"{ctx.uid}/{trial_id}"
 
 
-def save_state(state: Mapping[str, Any], folder: Path, step: int) -> None:
-    """Write an algorithm's checkpoint state, taken at report step `step`, into `folder`."""
+def save_state(state: Mapping[str, Any], folder: Path, origin: Origin) -> None:
+    """Write an algorithm's checkpoint state into `folder`, and where it was taken (the
+    report step, the trial, its counters: STEP_FILE)."""
     with open(folder / STATE_FILE, "wb") as f:
         pickle.dump(dict(state), f, protocol=pickle.HIGHEST_PROTOCOL)
-    (folder / STEP_FILE).write_text(json.dumps({"step": int(step)}))
+    (folder / STEP_FILE).write_text(json.dumps(origin.to_json()))
 
 
-def load_state(folder: str | Path) -> tuple[dict[str, Any], int]:
-    """Read back what save_state wrote: (the state, its report step; 0 if not recorded)."""
+def load_state(folder: str | Path) -> tuple[dict[str, Any], Origin]:
+    """Read back what save_state wrote: (the state, where it was taken; an older
+    checkpoint without STEP_FILE reads as step 0 of no trial)."""
     folder = Path(folder)
     with open(folder / STATE_FILE, "rb") as f:
         state = pickle.load(f)
     step_file = folder / STEP_FILE
-    return state, json.loads(step_file.read_text())["step"] if step_file.exists() else 0
+    data = json.loads(step_file.read_text()) if step_file.exists() else {}
+    return state, Origin.from_json(data)
 
 
 def downsample(series: Sequence[tuple], max_points: int) -> list[tuple]:
@@ -193,8 +212,15 @@ class TrialReporter:
         max_points_per_report: int = 0,
         budget: tuple[str, float] | None = None,
         progress_key: str | None = None,
+        run_key: str | None = None,
+        trial_id: str | None = None,
     ) -> None:
         self.logger = logger
+        self.run_key, self.trial_id = run_key, trial_id
+        """Whose checkpoints these are (written with each: Origin)."""
+        self.shift: dict[str, float] = {}
+        """Added to the algorithm's counters (env steps, episodes) to make the run's:
+        nonzero after an exploit (pipelines.lineage)."""
         self.budget = budget
         """(the metric that counts toward the training budget, the budget)."""
         self.progress_key = progress_key
@@ -212,6 +238,8 @@ class TrialReporter:
         self.last_step = 0
         """The step of the newest report (a resumed run's: its checkpoint's, until it
         reports)."""
+        self.final: tuple[dict[str, Any], Path | None] | None = None
+        """The last report's result and checkpoint folder, until report_final."""
 
     def flush(self) -> bool:
         """Write the buffered points; True when none is left. A tracking outage keeps them
@@ -276,10 +304,18 @@ class TrialReporter:
                history: Mapping[str, Sequence[tuple]] | None = None,
                state: Mapping[str, Any] | None = None, final: bool = False) -> None:
         """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
-        from ray import tune
-
-        self.last_step = step
+        # Tune (and its schedulers) sees the algorithm's counters; the run logs the
+        # member's own, which differ after an exploit (pipelines.lineage).
         result = {**metrics, **self._progress(step, metrics)}
+        counters = {k: float(step if k == ENV_STEPS else metrics[k])
+                    for k in COUNTERS if k == ENV_STEPS or k in metrics}
+        if self.shift:
+            step += int(self.shift.get(ENV_STEPS, 0))
+            metrics = {**metrics, **{k: v + self.shift.get(k, 0.0)
+                                     for k, v in counters.items()}}
+            history = {k: [(p[0] + self.shift.get(ENV_STEPS, 0), *p[1:]) for p in v]
+                       for k, v in (history or {}).items()}
+        self.last_step = step
         history = {k: downsample(v, self.max_points) for k, v in (history or {}).items()}
         self.unsent.append(self.logger.report_points(step, metrics, history))
         now = time.monotonic()
@@ -291,20 +327,43 @@ class TrialReporter:
         if final and not written:
             self.wait_for_tracking()
             written = True
-        if not (checkpoint and written) or state is None:  # during an outage: after it
-            started = time.monotonic()
-            tune.report(result)
-            self.seconds["report_wait"] += time.monotonic() - started
-            return
+        folder = None
         started = time.monotonic()
-        folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
-        try:
-            save_state(state, folder, step)
+        if checkpoint and written and state is not None:  # during an outage: after it
+            folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
+            save_state(state, folder, Origin(
+                step=step, run_key=self.run_key, trial_id=self.trial_id, counters=counters,
+                shift=dict(self.shift)))
             self.last_checkpoint = now
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
             self.seconds["checkpoint"] += time.monotonic() - started
+        if final:
+            # Told to Tune once the models are logged (report_final), as done: the trial
+            # ends there, and no scheduler acts on it (a stop at max_t, an exploit).
+            self.final = ({**result, DONE: True}, folder)
+            return
+        self._tell_tune(result, folder)
+
+    def report_final(self) -> None:
+        """Give Tune the run's last report, held since the algorithm made it."""
+        if self.final is not None:
+            result, folder = self.final
+            self.final = None
+            self._tell_tune(result, folder)
+
+    def _tell_tune(self, result: dict[str, Any], folder: Path | None) -> None:
+        """tune.report, with the checkpoint in `folder` (removed after) when there is one.
+        Raises SystemExit when the scheduler stops or pauses the trial."""
+        from ray import tune
+
+        started = time.monotonic()
+        try:
+            checkpoint = tune.Checkpoint.from_directory(folder) if folder else None
+            tune.report(result, checkpoint=checkpoint)
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.seconds["checkpoint" if folder else "report_wait"] += (
+                time.monotonic() - started)
 
 
 def run_tags(ctx: TrialContext, composed: Composed, trial_id: str) -> dict[str, Any]:
@@ -376,18 +435,20 @@ def quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def restore_checkpoint(logger: RunLogger) -> tuple[dict[str, Any] | None, int]:
-    """The algorithm's state and its report step from Tune's checkpoint of this trial, if
-    it has one (the run is tagged with where it came from); else (None, 0)."""
+def restore_checkpoint(logger: RunLogger) -> tuple[dict[str, Any] | None, Origin | None]:
+    """The algorithm's state and where it was taken, from Tune's checkpoint of this trial
+    (its own, or after an exploit its donor's) if it has one (the run is tagged with where
+    it came from); else (None, None)."""
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None, 0
+        return None, None
     with checkpoint.as_directory() as folder:
-        state, step = load_state(folder)
+        state, origin = load_state(folder)
+    origin.path = checkpoint.path
     logger.set_tags({"rlpipe.restored_from": checkpoint.path})
-    return state, step
+    return state, origin
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -396,22 +457,35 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     entered = time.monotonic()
     quiet_ray_logs()
+    # A paused trial's thread ends after it flushed its points (PBT pauses at every
+    # exploit); Tune reuses the actor only if it ends within this, else fails the trial.
+    os.environ.setdefault(THREAD_TIMEOUT_VAR, "30")
     composed = compose_and_check(trial_overrides(ctx, config))
     cfg = composed.cfg
     algorithm = get_algorithm(cfg.algo.name)
     trial_id = tune.get_context().get_trial_id()
     existing = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial_id))
     if finished_before(existing):  # tell Tune its last result; log nothing again
-        tune.report({**existing.data.metrics, PROGRESS_KEY: 1.0})
+        tune.report({**existing.data.metrics, PROGRESS_KEY: 1.0, DONE: True})
         return
     logger = open_run(ctx, composed, trial_id, existing)
-    state, resumed_step = restore_checkpoint(logger)
+    state, origin = restore_checkpoint(logger)
+    donor_run = None
+    if origin is not None and origin.run_key not in (None, run_key(ctx, trial_id)):
+        found = find_run(ctx.tracking_uri, ctx.experiment_id, origin.run_key)
+        donor_run = found.info.run_id if found is not None else None
+    go_on = continuation(run_key(ctx, trial_id), origin, existing, donor_run)
+    record_start(logger, existing, ctx.settings.mutations,
+                 values_in_use(composed.container, ctx.settings.mutations), go_on)
     monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
                                    resume=logger.existed)
-    reporter = TrialReporter(logger, cfg.cluster.checkpoint_every_s,
-                             cfg.tracking.flush_every_s, cfg.tracking.max_points_per_report,
-                             budget_of(algorithm, cfg.algo), ctx.progress_key(trial_id))
-    reporter.last_step = resumed_step
+    # Schedulers that pause trials restart them from a newest checkpoint: one a report.
+    every_s = 0.0 if ctx.settings.scheduler in PAUSING else cfg.cluster.checkpoint_every_s
+    reporter = TrialReporter(logger, every_s, cfg.tracking.flush_every_s,
+                             cfg.tracking.max_points_per_report,
+                             budget_of(algorithm, cfg.algo), ctx.progress_key(trial_id),
+                             run_key=run_key(ctx, trial_id), trial_id=trial_id)
+    reporter.last_step, reporter.shift = go_on.step, go_on.shift
     try:
         training = time.monotonic()
         result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
@@ -421,11 +495,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         log_agents(logger, result, composed, reporter.last_step)
         models_s = time.monotonic() - logging_models
     except SystemExit:
-        # tune.report exits the trial's thread when the scheduler stops the trial early.
+        # tune.report exits the trial's thread when the scheduler stops the trial early,
+        # or pauses it (PBT's exploit restarts it from a donor's checkpoint): the driver's
+        # callback marks a stopped trial's run FINISHED; a paused one's goes on.
         reporter.flush()
         stop_system_metrics(monitor)
-        logger.set_tags({"tune.stopped_early": "true"})
-        logger.finish("FINISHED")
         raise
     except NonFiniteError as e:
         # Diverged: retrying from the last checkpoint would diverge again. The run fails
@@ -456,3 +530,4 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         "perf/trial_teardown_s": time.monotonic() - trained - models_s,
     })
     logger.finish("FINISHED")
+    reporter.report_final()

@@ -77,7 +77,8 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
     from pipelines.trial import load_state
 
     checkpoints = sorted(results.glob("train-*/trial_*/checkpoint_*"))
-    state, step = load_state(checkpoints[-1])
+    state, origin = load_state(checkpoints[-1])
+    step = origin.step
     assert step == steps[-1] and state["replay"] is not None
     transitions = int(state["replay"]["is_step"].sum())
     assert step - 2 <= transitions <= step, (transitions, step)

@@ -276,12 +276,17 @@ def test_a_checkpoint_carries_its_report_step(tmp_path):
     # A trial resumed from its last checkpoint reports no more: its final model is
     # stepped at the checkpoint's report step, which the checkpoint carries beside the
     # algorithm's state (a checkpoint from before it was recorded reads as step 0).
+    from pipelines.lineage import Origin
     from pipelines.trial import STEP_FILE, load_state, save_state
 
     state = {"q_table": np.arange(6.0).reshape(2, 3), "episode": 40}
-    save_state(state, tmp_path, step=12_345)
-    loaded, step = load_state(tmp_path)
-    assert step == 12_345 and loaded["episode"] == 40
+    save_state(state, tmp_path, Origin(step=12_345, run_key="abc/t1", trial_id="t1",
+                                       counters={"train/env_steps": 345.0},
+                                       shift={"train/env_steps": 12_000.0}))
+    loaded, origin = load_state(tmp_path)
+    assert origin.step == 12_345 and loaded["episode"] == 40
+    assert (origin.run_key, origin.counters, origin.shift) == (
+        "abc/t1", {"train/env_steps": 345.0}, {"train/env_steps": 12_000.0})
     assert np.array_equal(loaded["q_table"], state["q_table"])
     (tmp_path / STEP_FILE).unlink()
-    assert load_state(tmp_path)[1] == 0
+    assert load_state(tmp_path)[1] == Origin(step=0)

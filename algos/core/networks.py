@@ -100,3 +100,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (also after load_state_dict, which
+    brings back the one the state was saved with)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
