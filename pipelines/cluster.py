@@ -334,8 +334,8 @@ def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
     env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     env_vars.update(HIDE_UNASSIGNED_GPUS)
     env: dict[str, Any] = {"env_vars": env_vars}
-    if not cluster.runtime_env:
-        return env
+    if not cluster.runtime_env or inside_job():
+        return env  # the nodes' image has the code, or the job's working_dir ships it
     if (ROOT / "conf").is_dir() and (ROOT / "pipelines").is_dir():
         # A checkout: ship it whole (configs, benchmarks), less what SHIP_EXCLUDES names.
         env["working_dir"] = str(ROOT)
@@ -346,6 +346,17 @@ def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
                                                                  "rlpipe_conf")]
         env["excludes"] = ["__pycache__"]
     return env
+
+
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set in the driver of a Ray Job (ray job submit, KubeRay's RayJob): the job's config,
+its runtime env (working_dir) included."""
+
+
+def inside_job() -> bool:
+    """Whether this driver runs as a Ray Job, whose runtime env (its --working-dir) every
+    task and actor already gets: a second working_dir would clash with it."""
+    return JOB_CONFIG_VAR in os.environ
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -404,11 +415,12 @@ def start_ray(cluster: ClusterConfig, tracking_uri: str) -> None:
                  **common)
     except (ConnectionError, ValueError, RuntimeError, RayError) as e:
         reason = " ".join(str(e).split())[:300]
-        raise UserError(
-            f"cluster.address={cluster.address}: cannot join a Ray cluster there ({reason}); "
-            "every process needs RAY_AUTH_MODE=token and the cluster's token "
-            "(RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-        ) from None
+        hint = ("; every process needs RAY_AUTH_MODE=token and the cluster's token "
+                "(RAY_AUTH_TOKEN or ~/.ray/auth_token)" if any(
+                    word in reason.lower() for word in ("token", "auth", "unauthenticated",
+                                                        "permission")) else "")
+        raise UserError(f"cluster.address={cluster.address}: cannot join a Ray cluster there "
+                        f"({reason}){hint}") from None
 
 
 def join_and_check(cluster: ClusterConfig, tracking_uri: str, storage: str,

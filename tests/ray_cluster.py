@@ -51,7 +51,7 @@ class LocalCluster:
     """A head node and any number of worker nodes, all on this machine, each started with
     `ray start`, sharing one token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN)."""
 
-    def __init__(self, head_cpus: int = 1, wait: float = 60) -> None:
+    def __init__(self, head_cpus: int = 1, wait: float = 60, dashboard: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: socket paths
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -60,11 +60,18 @@ class LocalCluster:
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                         RAY_TMPDIR=str(self.dir / "tmp"), RAY_DEDUP_LOGS="1",
                         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # A job's entrypoint runs `python` from the head's PATH: this interpreter's.
+        self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env["PATH"]
         self.nodes: dict[str, subprocess.Popen] = {}
         self.bare_python: Path | None = None
         """The project-less Python of the bare nodes, once one was added."""
-        self._start("head", ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}",
-                             "--include-dashboard=false"], sys.executable, self.env, ROOT, wait)
+        self.dashboard_port = free_port() if dashboard else None
+        """With dashboard: the port of the head's dashboard and job server, on 127.0.0.1."""
+        head = (["--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={self.dashboard_port}"] if dashboard else
+                ["--include-dashboard=false"])
+        self._start("head", ["--head", f"--port={self.port}", f"--num-cpus={head_cpus}", *head],
+                    sys.executable, self.env, ROOT, wait)
 
     def _start(self, name: str, args: list[str], python: str, env: dict[str, str], cwd: Path,
                wait: float) -> None:

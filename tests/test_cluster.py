@@ -4,6 +4,7 @@ mid-sweep, a real MLflow server; and the refusals of trials no cluster could hol
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import assert_no_step_twice, cli_env, run_cli
-from tests.ray_cluster import LocalCluster
+from tests.ray_cluster import ROOT, LocalCluster
 from tests.test_pipeline import runs_of
 
 TAXI = ["experiment=taxi_course", "algo.episodes=4000", "algo.report_every=500"]
@@ -191,3 +192,34 @@ def test_a_trial_reserves_its_replay_memory_where_it_lives():
     why = refusal(host, Capacity(small, "the cluster at h:1", local=False))
     assert why.startswith("algo.buffer_size=1000000: a trial's replay memory needs 6.58 GiB")
     assert "the largest node of the cluster at h:1 has 5.00 GiB" in why
+
+
+@pytest.mark.slow  # 60 s: a head with its job server, a sweep submitted as a Ray Job
+def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
+    # As a user would: a head started from the project's install (its `cluster` extra
+    # brings the job server), the job server on 127.0.0.1, token authentication on, and
+    # `ray job submit --working-dir .` of the sweep with the cluster's defaults
+    # (cluster=remote ships the code too: inside a job the job's own working dir does).
+    from pipelines.cluster import SHIP_EXCLUDES
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with LocalCluster(head_cpus=2, dashboard=True, wait=120) as cluster:
+        submit = subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
+             f"--address=http://127.0.0.1:{cluster.dashboard_port}", "--working-dir=.",
+             f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
+             "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
+             "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
+             f"cluster.storage_path={store}/ray_results", "sweep.name=as-a-job",
+             "tracking.system_metrics_every_s=0"],
+            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
+    out = submit.stdout + submit.stderr
+    assert submit.returncode == 0, out[-4000:]
+    assert "succeeded" in out, out[-4000:]
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    _, parents, children = runs_of(client, "quickstart")
+    assert len(parents) == 1 and len(children) == 8
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        assert_no_step_twice(client, child)
