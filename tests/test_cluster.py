@@ -205,16 +205,22 @@ def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     with LocalCluster(head_cpus=2, dashboard=True, wait=120) as cluster:
-        submit = subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
-             f"--address=http://127.0.0.1:{cluster.dashboard_port}", "--working-dir=.",
-             f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
-             "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
-             "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
-             f"cluster.storage_path={store}/ray_results", "sweep.name=as-a-job",
-             "tracking.system_metrics_every_s=0"],
-            cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
-    out = submit.stdout + submit.stderr
+        for _ in range(6):
+            submit = subprocess.run(
+                [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
+                 f"--address=http://127.0.0.1:{cluster.dashboard_port}", "--working-dir=.",
+                 f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
+                 "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
+                 "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                 f"cluster.storage_path={store}/ray_results", "sweep.name=as-a-job",
+                 "tracking.system_metrics_every_s=0"],
+                cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
+            out = submit.stdout + submit.stderr
+            # A head just started may not have its job agent yet (the job server waits
+            # 10 s for it, then asks to try again later): nothing was submitted then.
+            if "No available agent" not in out:
+                break
+            time.sleep(10)
     assert submit.returncode == 0, out[-4000:]
     assert "succeeded" in out, out[-4000:]
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")

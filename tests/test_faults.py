@@ -214,7 +214,7 @@ def test_a_rollout_worker_killed_mid_run_is_replaced_and_the_trial_not_retried(w
     assert_no_step_twice(client, run)
 
 
-@pytest.mark.slow  # 55 s: a server stopped for 10 s mid-run
+@pytest.mark.slow  # 60 s: a server stopped for 15 s mid-run
 def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_path, workdir):
     """A real MLflow server stopped, mid-run, for longer than the client's retry budget,
     then started again on the same store: the trial trains on, holds its points, writes
@@ -228,8 +228,12 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
     server = MlflowServer(tmp_path)
     server.start()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    # The client's budget: one try of 5 s. The experiment is made first, with the
+    # default budget, so that a server slow on its first request (CI, 2 cores) does not
+    # end the run before it starts.
     env = {**cli_env(ray_tmp), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    MlflowClient(server.uri).create_experiment("q_learning-taxi")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.train", "experiment=taxi_course",
          "algo.episodes=100000", "algo.report_every=5000", f"tracking.uri={server.uri}",
@@ -248,7 +252,7 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
             if seen >= 2:
                 server.stop()
                 outage = time.monotonic()
-                time.sleep(10)  # five times the client's budget (no retry, 2 s timeout)
+                time.sleep(15)  # three times the client's budget (no retry, 5 s timeout)
                 server.start()
                 outage = time.monotonic() - outage
         out, _ = proc.communicate(timeout=600)
