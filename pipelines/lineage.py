@@ -47,20 +47,23 @@ class Origin:
     """The algorithm's own counters there (env steps, episodes), before any shift."""
     shift: dict[str, float] = field(default_factory=dict)
     """Run counter minus algorithm counter, per counter, of the run that took it."""
+    reports: int = 0
+    """Reports the algorithm made up to it (a replay's schedule counts in them)."""
     path: str | None = None
     """Where it was restored from (set on reading)."""
 
     def to_json(self) -> dict[str, Any]:
         """What save_state writes."""
         return {"step": self.step, "run_key": self.run_key, "trial_id": self.trial_id,
-                "counters": self.counters, "shift": self.shift}
+                "counters": self.counters, "shift": self.shift, "reports": self.reports}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str | None = None) -> Origin:
         """From to_json() (an older checkpoint's: only its step)."""
         return cls(step=int(data.get("step", 0)), run_key=data.get("run_key"),
                    trial_id=data.get("trial_id"), counters=dict(data.get("counters", {})),
-                   shift=dict(data.get("shift", {})), path=path)
+                   shift=dict(data.get("shift", {})), reports=int(data.get("reports", 0)),
+                   path=path)
 
 
 def exploits_of(run) -> list[dict[str, Any]]:
@@ -107,13 +110,14 @@ def continuation(my_key: str, origin: Origin | None, run, donor_run_id=None
         # A retry (or a restart after a pause) before the member reported again: the
         # same exploit. A member that reported since and copies the same checkpoint
         # again is exploiting anew.
-        if record.get("checkpoint") == origin.path and int(
-                mine.get(ENV_STEPS, -1)) == record["step"]:
-            return Continuation(step=record["step"], shift=record["shift"], exploit=record)
+        at = record.get("env_steps", record["step"])
+        if record.get("checkpoint") == origin.path and int(mine.get(ENV_STEPS, -1)) == at:
+            return Continuation(step=at, shift=record["shift"], exploit=record)
     own = {k: float(mine.get(k, 0.0)) for k in COUNTERS}
     shift = {k: own[k] - float(origin.counters[k]) for k in COUNTERS if k in origin.counters}
     record = {
         "n": len(exploits_of(run)) + 1, "step": int(own[ENV_STEPS]),
+        "env_steps": int(own[ENV_STEPS]),
         "donor_trial_id": origin.trial_id, "donor_run_id": donor_run_id,
         "donor_step": origin.step, "checkpoint": origin.path, "shift": shift,
     }
@@ -121,19 +125,43 @@ def continuation(my_key: str, origin: Origin | None, run, donor_run_id=None
                         new_exploit=True)
 
 
+def due(schedule: Sequence[tuple[int, Mapping[str, Any]]], reports: int) -> dict[str, Any]:
+    """The values a replay's schedule set by its `reports`-th report (later ones win)."""
+    values: dict[str, Any] = {}
+    for at, changes in sorted(schedule, key=lambda entry: entry[0]):
+        if at <= reports:
+            values.update(changes)
+    return values
+
+
 def record_start(logger, run, keys: Sequence[str], values: Mapping[str, Any],
                  go_on: Continuation) -> None:
     """Log what a (re)started member runs with: hp/<key> where a value differs from the
     run's last one (all of them for a new run), and a new exploit with the values before
-    and after it."""
+    and after it.
+
+    The points go at the continuation's step, or just past the run's last hp/ point where
+    that is later: a member restarted from an older state than its run has reached (a
+    sweep resumed after a kill restarts it from the last checkpoint Tune recorded, or from
+    scratch) or exploiting again before it reported anew would otherwise log a step twice,
+    or backwards. A restarted member's values go just past the run's last step, where its
+    next points go. An exploit's record carries the step its points went to, and the
+    member's env steps when it happened (`env_steps`)."""
     if not keys:
         return
     last = run.data.metrics if run is not None else {}
     numeric = {k: float(v) for k, v in values.items() if _is_number(v)}
     changed = {f"{HP_PREFIX}{k}": v for k, v in numeric.items()
                if last.get(f"{HP_PREFIX}{k}") != v}
+    step = go_on.step
+    if run is not None and (changed or go_on.new_exploit):
+        logged = [m.step for name in [*(f"{HP_PREFIX}{k}" for k in keys), EXPLOITS_METRIC]
+                  for m in logger.client.get_metric_history(run.info.run_id, name)]
+        if not go_on.new_exploit and logger.watermark > step:
+            logged.append(int(logger.watermark))  # its next points come past the run's last
+        step = max([step, *(s + 1 for s in logged)])
     if go_on.new_exploit and go_on.exploit is not None:
-        record = {**go_on.exploit,
+        record = {**go_on.exploit, "step": step,
                   "old": {k: last.get(f"{HP_PREFIX}{k}") for k in keys},
                   "new": dict(values)}
         go_on.exploit = record
@@ -141,7 +169,7 @@ def record_start(logger, run, keys: Sequence[str], values: Mapping[str, Any],
                          "rlpipe.exploits": str(record["n"])})
         changed[EXPLOITS_METRIC] = float(record["n"])
     if changed:
-        logger.log_metrics(changed, step=go_on.step)
+        logger.log_metrics(changed, step=step)
 
 
 def _is_number(value: Any) -> bool:

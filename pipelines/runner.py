@@ -93,6 +93,8 @@ def train(args: list[str], started: float) -> int:
             raise UserError(f"{o.input_line}: sweep settings belong to python -m pipelines.sweep")
     if any(o.key_or_group == "resume" for o in parsed):
         return resume_from(parsed)
+    if any(o.key_or_group == "replay" for o in parsed):
+        return run_launch(plan_replay(parsed), started)
     return launch(plan_sweep(args, sweep_params=False), "train", started)
 
 
@@ -269,6 +271,57 @@ def plan_launch(plan: SweepPlan, kind: str) -> Launch:
                   scheduler=build_scheduler(sweep_cfg, plan, space, time_key))
 
 
+POLICY_FILE = "pbt_policy_{trial_id}.txt"
+"""Beside a PBT sweep's Tune run: a member's schedule, as Tune's PBT logs it."""
+
+
+def plan_replay(parsed) -> Launch:
+    """python -m pipelines.train replay=<sweep>/<trial>: a train run of the sweep's fixed
+    overrides that follows the member's schedule (its first values, then each explored
+    configuration from the report where its lineage took it), through Tune's
+    PopulationBasedTrainingReplay. Only cluster.* and progress.* may come with it."""
+    others = [o.input_line for o in parsed if o.key_or_group != "replay"
+              and not o.key_or_group.startswith(("cluster", "progress"))]
+    if others:
+        raise UserError(f"{others[0]}: a replay runs the sweep's own settings; only "
+                        "cluster.* and progress.* may be given with replay=")
+    cfg = compose_config([o.input_line for o in parsed]).cfg
+    given = [o.input_line for o in parsed if o.key_or_group != "replay"]
+    sweep_name, _, trial_id = str(cfg.replay).rpartition("/")
+    folder = Path(storage_root(cfg.cluster)) / sweep_name
+    if not sweep_name or not (folder / CONTEXT_FILE).exists():
+        raise UserError(f"replay={cfg.replay}: no sweep {sweep_name or '?'} in "
+                        f"{folder.parent}; give <sweep name>/<trial id>")
+    policy = folder / POLICY_FILE.format(trial_id=trial_id)
+    if not policy.exists():
+        known = sorted(p.stem.removeprefix("pbt_policy_")
+                       for p in folder.glob(POLICY_FILE.format(trial_id="*")))
+        raise UserError(f"replay={cfg.replay}: trial {trial_id} has no schedule (it never "
+                        f"exploited, or the sweep was not pbt/pb2); with one: "
+                        f"{', '.join(known) or 'none'}")
+    from ray.tune.schedulers import PopulationBasedTrainingReplay
+
+    ctx = TrialContext.from_json(json.loads((folder / CONTEXT_FILE).read_text()))
+    # Tune's own reading of the policy: the lineage's first configuration, then each
+    # configuration from the report (training_iteration) where the lineage took it.
+    replay = PopulationBasedTrainingReplay(str(policy))
+    first = [f"{k}={v}" for k, v in replay.config.items()]
+    fixed = list(ctx.fixed) + given  # what is given now wins over the sweep's
+    plan = plan_sweep(fixed + first, sweep_params=False)
+    for _, config in replay._policy:  # every configuration of the schedule is checked
+        plan_sweep(fixed + [f"{k}={v}" for k, v in config.items()], sweep_params=False)
+    plan.fixed = fixed + first
+    the_launch = plan_launch(plan, "train")
+    the_launch.name = f"replay-{sweep_name}-{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = the_launch.settings
+    settings.scheduler = "replay"
+    settings.mutations = list(ctx.settings.mutations)
+    settings.replay_of = f"{sweep_name}/{trial_id}"
+    settings.schedule = [(int(at), {k: v for k, v in config.items() if k in
+                                    settings.mutations}) for at, config in replay._policy]
+    return the_launch
+
+
 # ----- 2. open tracking, 3. start Ray ----------------------------------------------------
 
 
@@ -407,7 +460,11 @@ def launch(plan: SweepPlan, kind: str, started: float) -> int:
     """Run a sweep (kind='sweep') or a single run (kind='train') as a Tune run, phase by
     phase; `started`: when the entry point started its work (time.time()), the origin of
     the sweep's perf/startup_s."""
-    the_launch = plan_launch(plan, kind)
+    return run_launch(plan_launch(plan, kind), started)
+
+
+def run_launch(the_launch: Launch, started: float) -> int:
+    """Phases 2 to 6 of a planned launch."""
     phases = {"perf/startup_s": time.time() - started}
     clock = time.perf_counter()
     ctx, parent = start(the_launch)
@@ -583,12 +640,29 @@ def summarize_and_register(ctx: TrialContext, parent: RunLogger) -> Future:
             ui_run=lambda run_id: run_url(ctx.tracking_uri, ctx.experiment_id, run_id))
         registered = [_register(ctx, env, row.top_run_id, parent)
                       for env, row in winners(rows).items()]
-        return "\n".join([text, *filter(None, registered)])
+        replays = [_replay_line(ctx, row.top_run_id) for row in winners(rows).values()]
+        return "\n".join([text, *filter(None, registered + replays)])
 
     worker = ThreadPoolExecutor(1, thread_name_prefix="rlpipe-summary")
     future = worker.submit(work)
     worker.shutdown(wait=False)
     return future
+
+
+def _replay_line(ctx: TrialContext, run_id: str) -> str | None:
+    """For a PBT or PB2 sweep, the command that trains a fresh run with the schedule of
+    the member whose run is `run_id` (when it has one: it exploited)."""
+    if ctx.settings.scheduler not in ("pbt", "pb2"):
+        return None
+    from mlflow import MlflowClient
+
+    trial_id = MlflowClient(ctx.tracking_uri).get_run(run_id).data.tags.get("tune.trial_id")
+    folder = Path(storage_root(ctx.settings.cluster)) / ctx.name
+    if not trial_id or not (folder / POLICY_FILE.format(trial_id=trial_id)).exists():
+        return (f"The best member ({trial_id}) never exploited: its first values ran "
+                "throughout (its run's params).")
+    return (f"Replay the best member's schedule in a fresh run: python -m pipelines.train "
+            f"replay={ctx.name}/{trial_id}")
 
 
 def _register(ctx: TrialContext, env: str, run_id: str,

@@ -15,7 +15,8 @@ from algos.core.metrics import ENV_STEPS, EPISODES, EVAL_SCORE
 from algos.core.validation import ConfigValueError, at_least, in_range, one_of, positive
 from algos.registry import ALGORITHMS
 
-RUN_SETTINGS = ("tracking", "cluster", "resume", "sweep", "progress", "report", "evaluate",
+RUN_SETTINGS = ("tracking", "cluster", "resume", "replay", "sweep", "progress", "report",
+                "evaluate",
                 "hydra")
 """Top-level keys that say how and where a run is done, recorded and shown, never what it
 trains: they cannot be swept, and no two configurations differ by them."""
@@ -308,6 +309,9 @@ class PipelineConfig:
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     seed: int = 0
     resume: str | None = None
+    replay: str | None = None
+    """train: <sweep name>/<trial id> of a PBT or PB2 sweep: a fresh run that follows that
+    member's hyperparameter schedule (Tune's PopulationBasedTrainingReplay)."""
 
     def __post_init__(self) -> None:
         at_least(self, "seed", 0)

@@ -26,7 +26,15 @@ from algos.registry import get_algorithm
 from pipelines import private_api
 from pipelines.cluster import cluster_tags, node_tags
 from pipelines.config import Composed, compose_and_check, flat_params
-from pipelines.lineage import COUNTERS, Origin, continuation, record_start, values_in_use
+from pipelines.lineage import (
+    COUNTERS,
+    Continuation,
+    Origin,
+    continuation,
+    due,
+    record_start,
+    values_in_use,
+)
 from pipelines.models import log_agents, model_tag
 from pipelines.schedulers import PAUSING
 from pipelines.schema import ClusterConfig, ProgressConfig
@@ -82,6 +90,10 @@ class RunSettings:
     trials' hyperparameters while they run."""
     mutations: list[str] = field(default_factory=list)
     """The keys the scheduler changes while trials run (each logged as hp/<key>)."""
+    replay_of: str | None = None
+    """A replay's <sweep>/<trial>: the member whose schedule it follows."""
+    schedule: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    """A replay's changes: after its n-th report, these values (pipelines.lineage)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
@@ -178,6 +190,16 @@ def downsample(series: Sequence[tuple], max_points: int) -> list[tuple]:
     return out
 
 
+class ScheduleChange(Exception):
+    """A replay's schedule changes hyperparameters after this report: the algorithm stops
+    here, and goes on from `state` under the new values (as a PBT member after explore,
+    in the same process)."""
+
+    def __init__(self, state: dict[str, Any], values: dict[str, Any]) -> None:
+        super().__init__(f"schedule: {values}")
+        self.state, self.values = state, values
+
+
 class TrackingOutage(RuntimeError):
     """The tracking server stayed unreachable longer than a trial can hold its points."""
 
@@ -240,6 +262,10 @@ class TrialReporter:
         reports)."""
         self.final: tuple[dict[str, Any], Path | None] | None = None
         """The last report's result and checkpoint folder, until report_final."""
+        self.reports = 0
+        """Reports the algorithm made (a resumed run's: up to its checkpoint)."""
+        self.schedule: list[tuple[int, dict[str, Any]]] = []
+        """A replay's changes: after the n-th report, new values (ScheduleChange)."""
 
     def flush(self) -> bool:
         """Write the buffered points; True when none is left. A tracking outage keeps them
@@ -333,15 +359,20 @@ class TrialReporter:
             folder = Path(tempfile.mkdtemp(prefix="rlpipe-ckpt-"))
             save_state(state, folder, Origin(
                 step=step, run_key=self.run_key, trial_id=self.trial_id, counters=counters,
-                shift=dict(self.shift)))
+                shift=dict(self.shift), reports=self.reports + 1))
             self.last_checkpoint = now
             self.seconds["checkpoint"] += time.monotonic() - started
+        self.reports += 1
         if final:
             # Told to Tune once the models are logged (report_final), as done: the trial
             # ends there, and no scheduler acts on it (a stop at max_t, an exploit).
             self.final = ({**result, DONE: True}, folder)
             return
         self._tell_tune(result, folder)
+        changes = {k: v for at, values in self.schedule if at == self.reports
+                   for k, v in values.items()}
+        if changes and state is not None and folder is not None:
+            raise ScheduleChange(dict(state), changes)
 
     def report_final(self) -> None:
         """Give Tune the run's last report, held since the algorithm made it."""
@@ -380,6 +411,8 @@ def run_tags(ctx: TrialContext, composed: Composed, trial_id: str) -> dict[str, 
     }
     if composed.choices.get("experiment"):
         tags["experiment"] = composed.choices["experiment"]
+    if ctx.settings.replay_of:
+        tags["rlpipe.replay_of"] = ctx.settings.replay_of
     swept = [o for o in composed.overrides if o not in ctx.fixed]
     tags[CONFIG_TAG] = config_label(swept if ctx.parent_run_id else composed.overrides)
     return tags
@@ -475,6 +508,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         found = find_run(ctx.tracking_uri, ctx.experiment_id, origin.run_key)
         donor_run = found.info.run_id if found is not None else None
     go_on = continuation(run_key(ctx, trial_id), origin, existing, donor_run)
+    reports = origin.reports if origin is not None else 0
+    config = {**config, **due(ctx.settings.schedule, reports)}  # a replay's, so far
+    if ctx.settings.schedule:
+        composed = compose_and_check(trial_overrides(ctx, config))
+        cfg = composed.cfg
     record_start(logger, existing, ctx.settings.mutations,
                  values_in_use(composed.container, ctx.settings.mutations), go_on)
     monitor = start_system_metrics(logger, cfg.tracking.system_metrics_every_s,
@@ -486,9 +524,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              budget_of(algorithm, cfg.algo), ctx.progress_key(trial_id),
                              run_key=run_key(ctx, trial_id), trial_id=trial_id)
     reporter.last_step, reporter.shift = go_on.step, go_on.shift
+    reporter.reports, reporter.schedule = reports, list(ctx.settings.schedule)
     try:
         training = time.monotonic()
-        result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
+        while True:
+            try:
+                result = algorithm.train(cfg.algo, cfg.env, cfg.seed, reporter, state)
+                break
+            except ScheduleChange as change:  # a replay: go on under the new values
+                config, state = {**config, **change.values}, change.state
+                composed = compose_and_check(trial_overrides(ctx, config))
+                cfg = composed.cfg
+                record_start(logger, logger.client.get_run(logger.run_id),
+                             ctx.settings.mutations,
+                             values_in_use(composed.container, ctx.settings.mutations),
+                             Continuation(step=reporter.last_step))
         trained = time.monotonic()
         reporter.flush()
         logging_models = time.monotonic()

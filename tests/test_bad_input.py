@@ -38,6 +38,9 @@ CASES = [
     (TRAIN, ["cluster=remote", "cluster.address=ray://127.0.0.1:1"],
      ["cluster.address=ray://127.0.0.1:1", "nothing answers there"]),
     (TRAIN, ["algo.lr=0.1,0.2"], ["algo.lr=0.1,0.2", "pipelines.sweep"]),
+    (TRAIN, ["replay=nosuch/t1"], ["replay=nosuch/t1", "no sweep nosuch"]),
+    (TRAIN, ["replay=nosuch/t1", "algo.lr=0.1"], ["algo.lr=0.1", "only cluster.* and "
+                                                   "progress.*"]),
     (TRAIN, ["tracking.uri=bogus"], ["tracking.uri=bogus", "sqlite:///"]),
     (TRAIN, ["cluster=remote"], ["cluster.address", "required with cluster=remote"]),
     (TRAIN, ["cluster.cpus_per_trial=-1"], ["cluster.cpus_per_trial", ">= 0"]),

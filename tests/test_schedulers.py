@@ -96,6 +96,27 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
     tables = json.loads(parent.data.tags["mlflow.loggedArtifacts"])
     assert {"path": "lineage.json", "type": "table"} in tables
     assert parent.data.params["mutation.algo.lr"] == "tag(log, interval(0.01, 1.0))"
+    assert "python -m pipelines.train replay=pbt/" in result.stdout or (
+        "never exploited" in result.stdout)
+
+    # The schedule found is reusable: a fresh train run follows a member's lineage (its
+    # ancestors' values, then each explored configuration from the report it took it at)
+    # and, Q-learning being deterministic, ends where the member ended.
+    member = next(c for c in children if exploits[c.info.run_id])
+    trial_id = member.data.tags["tune.trial_id"]
+    replay = run_cli("pipelines.train", [f"replay=pbt/{trial_id}", "cluster.num_cpus=2"],
+                     workdir)
+    assert replay.returncode == 0, replay.stdout[-2000:] + replay.stderr[-3000:]
+    run = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("q_learning-taxi").experiment_id])
+        if r.data.tags.get("rlpipe.replay_of") == f"pbt/{trial_id}")
+    _assert_steps_rise(client, run)
+    assert run.data.metrics["train/episodes"] == 6000
+    assert run.data.metrics["eval/score"] == pytest.approx(member.data.metrics["eval/score"])
+    last = exploits[member.info.run_id][-1]["new"]
+    assert _history(client, run, "hp/algo.lr")[-1][1] == pytest.approx(last["algo.lr"])
+    assert len(_history(client, run, "hp/algo.lr")) >= 2  # it changed during the run
+    assert "model.best" in run.data.tags
 
 
 def test_pb2_perturbs_and_hyperband_stops_trials(workdir):
@@ -188,6 +209,40 @@ def test_an_exploit_continues_the_members_steps_and_a_retry_finds_it_again():
     assert continuation("u/t1", None, mine).step == 0
 
 
+def test_a_member_restarted_behind_its_run_logs_its_values_past_the_runs_last_step(
+        tmp_path):
+    # A sweep killed after an exploit, resumed: Tune restarts the member from the state it
+    # last recorded (here: from scratch, with its first values), behind what its run holds.
+    # Its values go just past the run's last step, and a new exploit made before it
+    # reported anew goes past those: no hp/ step twice, none backwards.
+    from pipelines.lineage import Continuation, Origin, continuation, record_start
+    from pipelines.tracking import RunLogger, get_or_create_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = get_or_create_experiment(uri, "e")
+    first = RunLogger.create(uri, experiment, "u/t1", "t1", {}, {})
+    keys, client = ["algo.lr"], first.client
+    record_start(first, None, keys, {"algo.lr": 0.01}, Continuation())
+    first.log(1_000, {"eval/score": 1.0})
+    donor = Origin(step=900, run_key="u/t2", trial_id="t2",
+                   counters={"train/env_steps": 700.0}, path="/s/t2/checkpoint_1")
+    go_on = continuation("u/t1", donor, client.get_run(first.run_id))
+    record_start(first, client.get_run(first.run_id), keys, {"algo.lr": 0.3}, go_on)
+    first.log(1_300, {"eval/score": 2.0})
+
+    run = client.get_run(first.run_id)
+    again = RunLogger.continue_run(uri, run)  # the resumed sweep's restart, from scratch
+    record_start(again, run, keys, {"algo.lr": 0.01}, continuation("u/t1", None, run))
+    run = client.get_run(first.run_id)
+    go_on = continuation("u/t1", donor, run)  # exploited again before it reported anew
+    record_start(again, run, keys, {"algo.lr": 0.2}, go_on)
+    lr = _history(client, run, "hp/algo.lr")
+    assert lr == [(0, 0.01), (1_000, 0.3), (1_301, 0.01), (1_302, 0.2)]
+    assert go_on.exploit["step"] == 1_302 and go_on.exploit["env_steps"] == 1_300
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "pbt/exploits")] == [
+        1_000, 1_302]
+
+
 @pytest.mark.parametrize("algo", ["dqn", "reinforce"])
 def test_a_new_learning_rate_survives_the_optimizers_restore(algo):
     # ray#62173: Adam's state_dict carries the lr it was saved with; a run continued from
@@ -213,3 +268,57 @@ def test_a_new_learning_rate_survives_the_optimizers_restore(algo):
                     second, saved)
     assert second.last_state["optimizer"]["param_groups"][0]["lr"] == 4e-3
     assert all(math.isfinite(r["eval/score"]) for r in second.reports)
+
+
+@pytest.mark.slow  # 90 s: a PBT sweep killed once members exploited, then resumed
+def test_a_pbt_sweep_killed_mid_run_resumes_without_losing_or_duplicating(workdir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from tests.conftest import assert_models_once, cli_env
+
+    args = ["sweep=taxi_pbt", "sweep.name=pbtkill", "cluster.num_cpus=2",
+            "tracking.system_metrics_every_s=0"]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir, env=cli_env(ray_tmp),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def exploited() -> bool:
+        try:
+            return any("rlpipe.exploits" in c.data.tags for c in _runs(workdir, "taxi_pbt")[2])
+        except Exception:  # the store or the experiment is not there yet
+            return False
+
+    deadline = time.time() + 240
+    while not exploited() and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and its trials at once
+    proc.communicate(timeout=240)
+    client, parent, children = _runs(workdir, "taxi_pbt")
+    assert parent.info.status == "RUNNING" and exploited()
+    before = {c.info.run_id: sorted(k for k in c.data.tags if k.startswith("rlpipe.exploit."))
+              for c in children}
+
+    result = run_cli("pipelines.sweep", ["resume=pbtkill"], workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, parent, children = _runs(workdir, "taxi_pbt")
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    for child in children:
+        assert child.info.status == "FINISHED"
+        _assert_steps_rise(client, child)
+        assert_models_once(client, child)
+        records = [json.loads(v) for k, v in child.data.tags.items()
+                   if k.startswith("rlpipe.exploit.")]
+        # Every exploit before the kill is still there, once; none was recorded twice.
+        assert set(before.get(child.info.run_id, [])) <= {
+            k for k in child.data.tags if k.startswith("rlpipe.exploit.")}
+        assert len({(r["step"], r["checkpoint"]) for r in records}) == len(records)
+        assert [r["n"] for r in sorted(records, key=lambda r: r["n"])] == list(
+            range(1, len(records) + 1))
