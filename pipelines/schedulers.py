@@ -1,7 +1,8 @@
 """Tune's searchers and schedulers, built from sweep.search and sweep.scheduler.
 
 Every scheduler is Tune's own class: ASHA, HyperBand, HyperBand for BOHB, the median
-stopping rule, Population Based Training and PB2. What is ours: the time they count in
+stopping rule, Population Based Training and PB2 (these two with a fairer choice of the
+member that runs next: pipelines.fair_pbt). What is ours: the time they count in
 (the algorithm's budget by default: env steps, or episodes for Q-learning and REINFORCE),
 the ranges PBT and PB2 explore in (the sweep grammar's, kept: a perturbed value is clipped
 back into its range), and the seeds a searcher's configuration runs with
@@ -108,16 +109,16 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan, space: dict[str, Any],
                   quantile_fraction=s.quantile_fraction,
                   custom_explore_fn=ClipToRange(mutations), log_config=True,
                   require_attrs=True, synch=s.synch)
+    from pipelines.fair_pbt import FairPB2, FairPopulationBasedTraining
+
     if s.name == "pbt":
-        return schedulers.PopulationBasedTraining(
+        return FairPopulationBasedTraining(
             hyperparam_mutations={d.key: list(d.values) if d.discrete else space[d.key]
                                   for d in mutations},
             resample_probability=s.resample_probability, burn_in_period=s.burn_in_period,
             perturbation_factors=tuple(s.perturbation_factors),  # type: ignore[arg-type]
             **common)
-    from ray.tune.schedulers.pb2 import PB2
-
-    return PB2(hyperparam_bounds={d.key: [d.low, d.high] for d in mutations}, **common)
+    return FairPB2(hyperparam_bounds={d.key: [d.low, d.high] for d in mutations}, **common)
 
 
 def check_scheduler(sweep: SweepConfig, plan: SweepPlan) -> None:

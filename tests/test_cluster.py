@@ -87,14 +87,25 @@ def test_what_a_cluster_cannot_run_is_refused_before_any_trial(
     assert MlflowClient(mlflow_server).get_experiment_by_name("refused") is None
 
 
-@pytest.mark.slow  # 90 s: a second node, four 10 s trials
-def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir, mlflow_server):
+KILLED_SWEEPS = {
+    # Trials of about 10 s, 20 reports each, every report checkpointed and written.
+    "plain": ["experiment=taxi_course", "algo.episodes=100000", "algo.report_every=5000",
+              "seed=range(0,4)"],
+    # A PBT population, 4 members on 2 CPUs (paused and resumed as PBT goes), exploiting
+    # every report: a member's donor may be the trial that was on the dead node.
+    "pbt": ["sweep=taxi_pbt", "algo.episodes=8000", "algo.report_every=1000",
+            "sweep.scheduler.perturbation_interval=1000"],
+}
+
+
+@pytest.mark.slow  # 80 s each: a second node, then its loss
+@pytest.mark.parametrize("kind", list(KILLED_SWEEPS))
+def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir,
+                                                                     mlflow_server):
     with LocalCluster(head_cpus=1) as cluster:
         cluster.add_node("victim", num_cpus=1)
         victim = cluster.node_ids()["victim"]
-        # Trials of about 10 s, 20 reports each, every report checkpointed and written.
-        args = ["experiment=taxi_course", "algo.episodes=100000", "algo.report_every=5000",
-                "seed=range(0,4)", *remote(cluster), "cluster.checkpoint_every_s=0",
+        args = [*KILLED_SWEEPS[kind], *remote(cluster), "cluster.checkpoint_every_s=0",
                 "tracking.flush_every_s=0", "sweep.name=victim",
                 f"tracking.uri={mlflow_server}", "tracking.experiment=victim"]
         env = {**cli_env(cluster.dir / "driver"), **cluster.env}
@@ -128,10 +139,20 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(workdir, mlfl
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
         assert_no_step_twice(client, c)
-        assert len(client.get_metric_history(c.info.run_id, "eval/score")) == 20
+        if kind == "plain":  # (a PBT member's own count depends on its donors')
+            assert len(client.get_metric_history(c.info.run_id, "eval/score")) == 20
     moved = next(c for c in children if c.data.tags["tune.trial_id"] == killed)
     assert "rlpipe.restored_from" in moved.data.tags
     assert moved.data.tags["ray.node_id"] != victim
+    if kind == "pbt":  # the population exploited, each exploit recorded once
+        counts = []
+        for c in children:
+            numbers = sorted(json.loads(v)["n"] for k, v in c.data.tags.items()
+                             if k.startswith("rlpipe.exploit."))
+            assert numbers == list(range(1, len(numbers) + 1)), numbers  # none twice
+            assert c.data.metrics.get("pbt/exploits", 0) == len(numbers)
+            counts.append(len(numbers))
+        assert sum(counts) >= 1 and parents[0].data.metrics["pbt/exploits"] == sum(counts)
 
 
 def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir):
