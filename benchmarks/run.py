@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = [
     "benchmarks.q_learning_taxi",
     "benchmarks.sweep_efficiency",
+    "benchmarks.pbt",
     "benchmarks.cluster_scale",
     "benchmarks.cartpole_dqn",
     "benchmarks.dqn_learner",
