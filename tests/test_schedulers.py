@@ -120,6 +120,7 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
     assert "model.best" in run.data.tags
 
 
+@pytest.mark.slow  # 50 s; the PBT test above keeps exploits in the default suite
 def test_pb2_perturbs_and_hyperband_stops_trials(workdir):
     pb2 = run_cli("pipelines.sweep", PBT + [
         "sweep.scheduler.name=pb2", "sweep.name=pb2",
@@ -148,6 +149,7 @@ def test_pb2_perturbs_and_hyperband_stops_trials(workdir):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.slow  # 22 s: nine trials through Optuna and the repeater
 def test_seeds_per_config_tells_optuna_the_iqm_of_each_configuration(workdir):
     from pipelines.schedulers import read_feedback
     from pipelines.stats import iqm
@@ -175,6 +177,39 @@ def test_seeds_per_config_tells_optuna_the_iqm_of_each_configuration(workdir):
         assert record["scores"] == pytest.approx(scores)
         assert record["told"] == pytest.approx(float(iqm(np.array(scores))))
     assert parent.data.params["sweep.seeds_per_config"] == "3"
+
+
+def test_the_seed_repeater_tells_its_searcher_the_iqm_once_a_configuration_is_done(
+        tmp_path):
+    # The repeater's own arithmetic, without Ray (the slow test above runs it in a sweep):
+    # one configuration, four seeds (the Repeater's index 0..3 in each trial's config);
+    # the searcher hears nothing until the fourth finishes, then the IQM of the four.
+    from ray.tune.search import Searcher
+
+    from pipelines.seed_repeater import SeedRepeater
+
+    class Recording(Searcher):
+        def __init__(self):
+            super().__init__(metric="eval/score", mode="max")
+            self.told = []
+
+        def suggest(self, trial_id):
+            return {"algo.lr": 0.5}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.told.append((trial_id, result))
+
+    inner = Recording()
+    feedback = tmp_path / "feedback.jsonl"
+    repeater = SeedRepeater(inner, repeat=4, feedback=str(feedback))
+    configs = [repeater.suggest(f"t{i}") for i in range(4)]
+    assert [c["__trial_index__"] for c in configs] == [0, 1, 2, 3]
+    for i, score in enumerate([1.0, 9.0, 3.0, 5.0]):
+        assert inner.told == []
+        repeater.on_trial_complete(f"t{i}", {"eval/score": score})
+    assert inner.told == [("t0", {"eval/score": 4.0})]  # IQM: the mean of 3 and 5
+    (record,) = [json.loads(line) for line in feedback.read_text().splitlines()]
+    assert record["scores"] == [1.0, 9.0, 3.0, 5.0] and record["told"] == 4.0
 
 
 def test_an_exploit_continues_the_members_steps_and_a_retry_finds_it_again():
@@ -271,7 +306,7 @@ def test_a_new_learning_rate_survives_the_optimizers_restore(algo):
     assert all(math.isfinite(r["eval/score"]) for r in second.reports)
 
 
-@pytest.mark.slow  # 90 s: a PBT sweep killed once members exploited, then resumed
+@pytest.mark.slow  # 65 s: a PBT sweep killed once members exploited, then resumed
 def test_a_pbt_sweep_killed_mid_run_resumes_without_losing_or_duplicating(workdir):
     import os
     import signal
