@@ -14,7 +14,8 @@ an upgrade that changes one fails there, by name, not somewhere in a run.
   starts it only for a fluent run), and its last sample at the run's end; the tag that
   marks an artifact as a table.
 - Ray: this machine's resources as a local Ray will see them, before Ray starts; the
-  cluster's key-value store, where trials leave their progress for the driver.
+  cluster's key-value store, where trials leave their progress for the driver; a PBT
+  member's schedule as Tune's PopulationBasedTrainingReplay reads its policy file.
 """
 
 from __future__ import annotations
@@ -153,3 +154,13 @@ def kv_delete(prefix: str) -> None:
     from ray.experimental.internal_kv import _internal_kv_del
 
     _internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
+
+
+def pbt_schedule(policy_file: str) -> tuple[dict, list[tuple[int, dict]]]:
+    """A PBT member's lineage as Tune's PopulationBasedTrainingReplay reads its
+    pbt_policy_<trial>.txt: the first configuration, then (training_iteration, config)
+    for each change (the replay's `config` is public, its `_policy` is not)."""
+    from ray.tune.schedulers import PopulationBasedTrainingReplay
+
+    replay = PopulationBasedTrainingReplay(policy_file)
+    return dict(replay.config), [(int(at), dict(config)) for at, config in replay._policy]

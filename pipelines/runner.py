@@ -43,6 +43,7 @@ from pipelines.cluster import (
 )
 from pipelines.config import ROOT, UserError, compose_config, parse_overrides
 from pipelines.schedulers import (
+    ADAPTIVE,
     PAUSING,
     build_scheduler,
     build_searcher,
@@ -271,7 +272,8 @@ def plan_launch(plan: SweepPlan, kind: str) -> Launch:
                   scheduler=build_scheduler(sweep_cfg, plan, space, time_key))
 
 
-POLICY_FILE = "pbt_policy_{trial_id}.txt"
+POLICY_PREFIX = "pbt_policy_"
+POLICY_FILE = POLICY_PREFIX + "{trial_id}.txt"
 """Beside a PBT sweep's Tune run: a member's schedule, as Tune's PBT logs it."""
 
 
@@ -294,21 +296,19 @@ def plan_replay(parsed) -> Launch:
                         f"{folder.parent}; give <sweep name>/<trial id>")
     policy = folder / POLICY_FILE.format(trial_id=trial_id)
     if not policy.exists():
-        known = sorted(p.stem.removeprefix("pbt_policy_")
+        known = sorted(p.stem.removeprefix(POLICY_PREFIX)
                        for p in folder.glob(POLICY_FILE.format(trial_id="*")))
         raise UserError(f"replay={cfg.replay}: trial {trial_id} has no schedule (it never "
                         f"exploited, or the sweep was not pbt/pb2); with one: "
                         f"{', '.join(known) or 'none'}")
-    from ray.tune.schedulers import PopulationBasedTrainingReplay
-
     ctx = TrialContext.from_json(json.loads((folder / CONTEXT_FILE).read_text()))
     # Tune's own reading of the policy: the lineage's first configuration, then each
     # configuration from the report (training_iteration) where the lineage took it.
-    replay = PopulationBasedTrainingReplay(str(policy))
-    first = [f"{k}={v}" for k, v in replay.config.items()]
+    initial, changes = private_api.pbt_schedule(str(policy))
+    first = [f"{k}={v}" for k, v in initial.items()]
     fixed = list(ctx.fixed) + given  # what is given now wins over the sweep's
     plan = plan_sweep(fixed + first, sweep_params=False)
-    for _, config in replay._policy:  # every configuration of the schedule is checked
+    for _, config in changes:  # every configuration of the schedule is checked
         plan_sweep(fixed + [f"{k}={v}" for k, v in config.items()], sweep_params=False)
     plan.fixed = fixed + first
     the_launch = plan_launch(plan, "train")
@@ -317,8 +317,8 @@ def plan_replay(parsed) -> Launch:
     settings.scheduler = "replay"
     settings.mutations = list(ctx.settings.mutations)
     settings.replay_of = f"{sweep_name}/{trial_id}"
-    settings.schedule = [(int(at), {k: v for k, v in config.items() if k in
-                                    settings.mutations}) for at, config in replay._policy]
+    settings.schedule = [(at, {k: v for k, v in config.items() if k in settings.mutations})
+                         for at, config in changes]
     return the_launch
 
 
@@ -652,7 +652,7 @@ def summarize_and_register(ctx: TrialContext, parent: RunLogger) -> Future:
 def _replay_line(ctx: TrialContext, run_id: str) -> str | None:
     """For a PBT or PB2 sweep, the command that trains a fresh run with the schedule of
     the member whose run is `run_id` (when it has one: it exploited)."""
-    if ctx.settings.scheduler not in ("pbt", "pb2"):
+    if ctx.settings.scheduler not in ADAPTIVE:
         return None
     from mlflow import MlflowClient
 

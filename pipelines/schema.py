@@ -16,8 +16,7 @@ from algos.core.validation import ConfigValueError, at_least, in_range, one_of, 
 from algos.registry import ALGORITHMS
 
 RUN_SETTINGS = ("tracking", "cluster", "resume", "replay", "sweep", "progress", "report",
-                "evaluate",
-                "hydra")
+                "evaluate", "hydra")
 """Top-level keys that say how and where a run is done, recorded and shown, never what it
 trains: they cannot be swept, and no two configurations differ by them."""
 NOT_CONFIG = ("seed", *RUN_SETTINGS)

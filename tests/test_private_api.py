@@ -98,6 +98,22 @@ def test_the_clusters_key_value_store_keeps_notes_by_prefix(ray_session):
     assert private_api.kv_get(key) is None
 
 
+def test_tunes_pbt_replay_reads_a_members_lineage(tmp_path):
+    # Lines as Tune's PBT writes pbt_policy_<trial>.txt (old tag, new tag, old and new
+    # iteration, old and new config), one chain as Tune follows it from the end (each
+    # earlier line's old tag is the next line's new tag): config a from iteration 3, b
+    # from 5, starting from the first line's old config.
+    first = {"seed": "3", "algo.lr": 0.16, "algo.epsilon_decay": 0.014}
+    a = {"seed": "3", "algo.lr": 0.02, "algo.epsilon_decay": 0.013}
+    b = {"seed": "3", "algo.lr": 0.19, "algo.epsilon_decay": 0.011}
+    lines = [["2_t", "1_s", 3, 3, first, a], ["0_m", "2_t", 5, 5, a, b]]
+    policy = tmp_path / "pbt_policy_x_00000.txt"
+    policy.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    initial, changes = private_api.pbt_schedule(str(policy))
+    assert initial == first
+    assert changes == [(3, a), (5, b)]
+
+
 @pytest.mark.parametrize("name", [n for n in dir(private_api) if callable(
     getattr(private_api, n)) and not n.startswith("_") and getattr(
     private_api, n).__module__ == private_api.__name__])
