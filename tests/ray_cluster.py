@@ -78,8 +78,15 @@ class LocalCluster:
         (self.dir / name).mkdir(parents=True, exist_ok=True)
         path = self.dir / name / "node.log"
         log = open(path, "w")
+        # Each node its own agent ports: Ray's fixed defaults (52365 for the dashboard
+        # agent, whose job agent `ray job submit` needs) are taken by the first node on
+        # this machine, and a second cluster's head would run without its job agent.
+        ports = [f"--{flag}={free_port()}" for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+            "runtime-env-agent-port", "metrics-export-port")]
         self.nodes[name] = subprocess.Popen(
-            [python, "-m", "ray.scripts.scripts", "start", *args, "--num-gpus=0", "--block",
+            [python, "-m", "ray.scripts.scripts", "start", *args, *ports, "--num-gpus=0",
+             "--block",
              "--disable-usage-stats", f'--resources={{"{NAME_RESOURCE}{name}": 1}}'],
             env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

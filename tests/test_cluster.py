@@ -107,7 +107,8 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir
         victim = cluster.node_ids()["victim"]
         args = [*KILLED_SWEEPS[kind], *remote(cluster), "cluster.checkpoint_every_s=0",
                 "tracking.flush_every_s=0", "sweep.name=victim",
-                f"tracking.uri={mlflow_server}", "tracking.experiment=victim"]
+                # each kind its own experiment: the session's MLflow server is shared
+                f"tracking.uri={mlflow_server}", f"tracking.experiment=victim-{kind}"]
         env = {**cli_env(cluster.dir / "driver"), **cluster.env}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir,
@@ -119,7 +120,7 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir
         while killed is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
             try:
-                _, _, children = runs_of(client, "victim")
+                _, _, children = runs_of(client, f"victim-{kind}")
             except Exception:  # the experiment is not there yet
                 continue
             for c in children:
@@ -132,7 +133,7 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir
         out, _ = proc.communicate(timeout=400)
     assert killed, "no trial was seen running on the victim node:\n" + out[-3000:]
     assert proc.returncode == 0, out[-4000:]
-    _, parents, children = runs_of(client, "victim")
+    _, parents, children = runs_of(client, f"victim-{kind}")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["tune.trial_id"] for c in children) == sorted(
         {c.data.tags["tune.trial_id"] for c in children}) and len(children) == 4
