@@ -180,4 +180,4 @@ def train(cfg: ReinforceConfig, env_cfg: EnvConfig, seed: int, reporter: Reporte
     finally:
         pool.close()
     return NetworkResult.of(policy, factory, pool.obs_space, int(pool.action_space.n),
-                            reports.metrics, reports.best)
+                            reports.metrics, reports.best, outputs="probabilities")

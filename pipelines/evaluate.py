@@ -44,13 +44,15 @@ def resolve_model(client, uri: str, model: str | None, run_id: str | None) -> st
     return model
 
 
-def check_model_arg(model: str | None, run_id: str | None) -> None:
-    """Bad input (UserError) when neither is given, or the model is not a model URI."""
+def check_model_arg(model: str | None, run_id: str | None, key: str = "evaluate") -> None:
+    """Bad input (UserError) when neither is given, or the model is not a model URI;
+    `key`: the config group that holds them (evaluate, package)."""
     if not model and not run_id:
-        raise UserError("evaluate.model: required (models:/<name>@<alias>, models:/<model "
-                        "id>, runs:/<run id>/best), or evaluate.run_id")
+        raise UserError(f"{key}.model: required (models:/<name>@<alias>, models:/<model "
+                        "id>, runs:/<run id>/best)" + (", or evaluate.run_id"
+                                                        if key == "evaluate" else ""))
     if model and not model.startswith(("models:/", "runs:/")):
-        raise UserError(f"evaluate.model={model}: not a model URI; allowed: "
+        raise UserError(f"{key}.model={model}: not a model URI; allowed: "
                         "models:/<name>@<alias>, models:/<name>/<version>, "
                         "models:/<model id>, runs:/<run id>/<path>")
 

@@ -1,14 +1,19 @@
-"""A trained agent in MLflow: an `mlflow.pyfunc` model of data, loaded by this module.
+"""A trained agent in MLflow: an `mlflow.pyfunc` model of data that loads wherever its own
+requirements are installed.
 
 Each run logs two models: `final` (the agent at the end of training) and `best` (at its
 best evaluation, by eval/score); when the last evaluation was the best, the two are one
 model (both tags name it). A model's data is what algos.core.agents saves: a Q-table
-as .npy or a network's weights as tensors (.pt, read with weights_only=True), a JSON spec
-that rebuilds the network, and a manifest with every file's SHA-256. Its MLmodel names
-this module as the pyfunc loader (`loader_module`), so loading runs no pickle and no code
-from the model: it runs this project's own code, which must be installed where the model
-is loaded. `mlflow.pyfunc.load_model(uri).predict(observations)` returns the greedy action
-of each observation of a batch.
+as .npy, or a network as tensors (.pt, read with weights_only=True) and as ONNX, with a
+JSON spec and a manifest of every file's SHA-256. The model carries its own loader,
+algos.core.rlpipe_agent (MLflow's `code_paths`; numpy and onnxruntime only), so
+`mlflow.pyfunc.load_model(uri).predict(observations)` returns the greedy action of each
+observation of a batch in any environment that installed the model's requirements.txt,
+without this project; a network's ONNX file is also MLflow's `onnx` flavor of the same
+model (`mlflow.onnx.load_model`). Loading runs no pickle and no code but that loader.
+
+In this project, load_logged_agent reads a model back as the agent that trained (the
+PyTorch network from its weights), for evaluation and the registry.
 
 Nothing here names an algorithm: algos.registry says how each one's agent is saved,
 loaded and acts.
@@ -16,13 +21,16 @@ loaded and acts.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from algos.core.metrics import EVAL_PREFIX, EVAL_SCORE, score
+from algos.core.rlpipe_agent import ONNX_FILE
 from pipelines import private_api
 from pipelines.config import Composed
 from pipelines.tracking import RunLogger
@@ -32,8 +40,40 @@ def model_tag(name: str) -> str:
     """The run tag that holds the model id of the run's model `name` (final or best)."""
     return f"model.{name}"
 
-PIP_REQUIREMENTS = ["rlpipe", "torch", "numpy", "gymnasium"]
-"""What loading a model needs: this project installed (its code rebuilds the agent)."""
+
+LOADER = "rlpipe_agent"
+"""The pyfunc loader_module of every model: algos/core/rlpipe_agent.py, shipped in the
+model's code/ folder."""
+LOADERS = (LOADER, __name__)
+"""The loaders of this project's models: LOADER, and this module, the loader of models
+logged before the loader travelled with them (those load with this project installed)."""
+
+
+def pip_requirements(network: bool) -> list[str]:
+    """What loading a model needs, pinned to this environment's versions: numpy, and for a
+    network onnxruntime (the pyfunc) and onnx (the onnx flavor). MLflow adds itself."""
+    names = ["numpy", "onnxruntime", "onnx"] if network else ["numpy"]
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def save_model(path: str, mlflow_model: Any, data_path: str, **kwargs: Any) -> None:
+    """The flavor's save_model that mlflow.models.Model.log calls: the pyfunc model of the
+    agent saved in `data_path`, its loader shipped as code; a network's ONNX file is
+    also the model's onnx flavor. `kwargs`: mlflow.pyfunc.save_model's."""
+    import mlflow.pyfunc
+    from mlflow.models.model import MLMODEL_FILE_NAME
+
+    from algos.core import rlpipe_agent
+
+    mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, loader_module=LOADER,
+                             data_path=data_path, code_paths=[rlpipe_agent.__file__], **kwargs)
+    onnx_file = f"{mlflow_model.flavors['python_function']['data']}/{ONNX_FILE}"
+    if (Path(path) / onnx_file).is_file():
+        import onnx
+
+        mlflow_model.add_flavor("onnx", onnx_version=onnx.__version__, data=onnx_file,
+                                providers=["CPUExecutionProvider"])
+        mlflow_model.save(str(Path(path) / MLMODEL_FILE_NAME))
 
 
 def log_agents(logger: RunLogger, result: Any, composed: Composed,
@@ -49,10 +89,8 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     points (a trial's 25,000 episode returns cost 0.8 s a model). So the model is made
     here and logged into with no active run; MLflow's context tags (user, source, git
     commit) are not copied onto it."""
-    import mlflow
-    import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     from algos.core.agents import save_agent
     from algos.registry import get_algorithm
@@ -88,11 +126,14 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
                     save_agent(agent, folder, algo=composed.cfg.algo.name, model=name,
                                env=composed.container["env"], evaluation=evaluation,
                                source_run_id=logger.run_id, **about[name])
-                    mlflow.pyfunc.log_model(
-                        name=name, model_id=model.model_id, loader_module=__name__,
+                    Model.log(
+                        artifact_path=None, name=name, model_id=model.model_id,
+                        flavor=sys.modules[__name__],
                         data_path=str(folder),
                         signature=infer_signature(example, agent.act(example)),
-                        input_example=example, pip_requirements=PIP_REQUIREMENTS,
+                        input_example=example,
+                        pip_requirements=pip_requirements(
+                            network=(folder / ONNX_FILE).is_file()),
                     )
             except BaseException:
                 client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -110,25 +151,13 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     return ids
 
 
-class AgentModel:
-    """What mlflow.pyfunc.load_model returns the predict of: greedy actions."""
-
-    def __init__(self, agent, manifest: dict[str, Any]) -> None:
-        self.agent = agent
-        self.manifest = manifest
-        """The saved agent's manifest: algo, env, model (final or best), score, step."""
-
-    def predict(self, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
-        """The greedy action of each observation of the batch."""
-        return np.asarray(self.agent.act(np.asarray(model_input)))
-
-
-def _load_pyfunc(data_path: str) -> AgentModel:
-    """MLflow's loader_module entry point: the agent saved under `data_path`."""
+def _load_pyfunc(data_path: str):
+    """MLflow's loader_module entry point of models logged before they carried their
+    loader: the agent saved under `data_path`, read by this project's code."""
+    from algos.core.rlpipe_agent import AgentModel
     from algos.registry import load_agent
 
-    agent, manifest = load_agent(Path(data_path))
-    return AgentModel(agent, manifest)
+    return AgentModel(*load_agent(Path(data_path)))
 
 
 def run_model_uri(client, run_id: str, name: str = "best") -> str:
@@ -144,36 +173,43 @@ def run_model_uri(client, run_id: str, name: str = "best") -> str:
     return f"models:/{models[0].model_id}"
 
 
-def load_logged_agent(model_uri: str, tracking_uri: str):
-    """(agent, manifest) of a pyfunc model of this project at `model_uri`. Raises
-    LookupError when the URI does not resolve or is not such a model, and
-    algos.core.agents.AgentFileError when its files do not check."""
+def download_model(model_uri: str, tracking_uri: str, dst: Path) -> tuple[Path, dict]:
+    """Download the model of this project at `model_uri` into `dst`: (its local folder,
+    its MLmodel as a dict). Raises LookupError when the URI does not resolve or is not
+    such a model."""
     import os
-    import tempfile
 
     import yaml
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from algos.registry import load_agent
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # models:/ URIs resolve through the process's tracking and registry URIs, whatever
     # download_artifacts is given: point both at this store while it downloads.
-    with tempfile.TemporaryDirectory() as tmp, private_api.mlflow_store(tracking_uri):
+    with private_api.mlflow_store(tracking_uri):
         try:
-            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=str(dst),
                                             tracking_uri=tracking_uri))
-            flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"][
-                "python_function"]
+            mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+            loader = mlmodel["flavors"]["python_function"].get("loader_module")
         except (MlflowException, OSError, KeyError, TypeError) as e:
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise LookupError(f"does not resolve to a model of this project ({reason})") \
                 from None
-        if flavor.get("loader_module") != __name__:
-            raise LookupError(f"not an agent of this project (its loader is "
-                              f"{flavor.get('loader_module')})")
-        return load_agent(local / flavor["data"])
+    if loader not in LOADERS:
+        raise LookupError(f"not an agent of this project (its loader is {loader})")
+    return local, mlmodel
+
+
+def load_logged_agent(model_uri: str, tracking_uri: str):
+    """(agent, manifest) of a pyfunc model of this project at `model_uri`. Raises
+    LookupError when the URI does not resolve or is not such a model, and
+    algos.core.agents.AgentFileError when its files do not check."""
+    from algos.registry import load_agent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local, mlmodel = download_model(model_uri, tracking_uri, Path(tmp))
+        return load_agent(local / mlmodel["flavors"]["python_function"]["data"])
 
 
 def play(agent, manifest: dict[str, Any], episodes: int | None = None, seed: int = 0,
@@ -201,8 +237,6 @@ def record_episode(agent, env_cfg, seed: int, max_steps: int | None, path: Path)
     rgb_array: Atari at its native 210x160) to `path` as an mp4; the number of frames."""
     import os
 
-    import cv2
-
     from algos.core.envs import make_env
 
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # gymnasium renders with it
@@ -218,14 +252,26 @@ def record_episode(agent, env_cfg, seed: int, max_steps: int | None, path: Path)
         if terminated or truncated:
             break
     env.close()
-    height, width = frames[0].shape[:2]
-    fps = int(env.metadata.get("render_fps") or 30)
-    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
-    writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+    write_mp4(frames, int(env.metadata.get("render_fps") or 30), path)
     return len(frames)
+
+
+def write_mp4(frames: list[np.ndarray], fps: int, path: Path) -> None:
+    """RGB frames as an H.264 mp4 (yuv420p), which browsers play: the MLflow UI and the
+    Hugging Face Hub show it in the page. ffmpeg comes with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    even = (height + height % 2, width + width % 2)  # yuv420p wants even sides
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (even[1], even[0]), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        if frame.shape[:2] != even:
+            frame = np.pad(frame, ((0, even[0] - height), (0, even[1] - width), (0, 0)))
+        writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+    writer.close()
 
 
 CHAMPION = "best"

@@ -16,7 +16,7 @@ from algos.core.validation import ConfigValueError, at_least, in_range, one_of, 
 from algos.registry import ALGORITHMS
 
 RUN_SETTINGS = ("tracking", "cluster", "resume", "replay", "sweep", "progress", "report",
-                "evaluate", "hydra")
+                "evaluate", "package", "hydra")
 """Top-level keys that say how and where a run is done, recorded and shown, never what it
 trains: they cannot be swept, and no two configurations differ by them."""
 NOT_CONFIG = ("seed", *RUN_SETTINGS)
@@ -287,6 +287,36 @@ class ProgressConfig:
 
 
 @dataclass
+class PackageConfig:
+    """What python -m pipelines.package packs for the Hugging Face Hub, and where."""
+
+    model: str | None = None
+    """The model to pack: models:/<name>@<alias>, models:/<name>/<version>,
+    models:/<model id>, or runs:/<run id>/<path> (final or best)."""
+    dir: str | None = None
+    """The folder to write; it must not exist, or be empty."""
+    episodes: int | None = None
+    """Episodes of the evaluation in results.json and the model card, on reset seeds
+    seed, seed+1, ... (null: the run's own evaluation episodes and seeds)."""
+    seed: int = 0
+    """With episodes: the first reset seed."""
+    video: bool = True
+    """Record replay.mp4, the first evaluation episode."""
+    push: bool = False
+    """Upload the folder to the Hub as repo_id, with the token from HF_TOKEN or the
+    user's login (hf auth login)."""
+    repo_id: str | None = None
+    """<user or organization>/<name>: the Hub repository of the model (with push)."""
+    private: bool = False
+    """With push: create the repository private."""
+
+    def __post_init__(self) -> None:
+        if self.episodes is not None:
+            positive(self, "episodes")
+        at_least(self, "seed", 0)
+
+
+@dataclass
 class ReportConfig:
     """What python -m pipelines.report summarizes."""
 
@@ -304,6 +334,7 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     seed: int = 0

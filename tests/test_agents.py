@@ -82,3 +82,82 @@ def test_same_as_compares_weights_not_identity():
     assert agent.same_as(agent.with_weights(agent.net.state_dict()))
     changed = {k: v + 1 for k, v in agent.net.state_dict().items()}
     assert not agent.same_as(agent.with_weights(changed))
+
+
+def real_observations(env_cfg, n: int) -> np.ndarray:
+    """`n` observations of a real env played at random (CartPole states, Pong's stacks
+    of 84x84 frames)."""
+    from algos.core.envs import make_env
+
+    env = make_env(env_cfg)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    seen = []
+    while len(seen) < n:
+        for _ in range(int(rng.integers(1, 20))):  # spread over an episode
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                obs, _ = env.reset()
+        seen.append(np.asarray(obs))
+    env.close()
+    return np.stack(seen)
+
+
+CARTPOLE = {"id": "CartPole-v1"}
+PONG = {"id": "ALE/Pong-v5", "kind": "atari"}
+
+
+@pytest.mark.parametrize("env,outputs", [
+    (CARTPOLE, "q_values"), (CARTPOLE, "probabilities"), (PONG, "q_values"),
+], ids=["cartpole-dqn", "cartpole-reinforce", "pong-dqn"])
+def test_a_network_exports_to_onnx_that_acts_as_pytorch_on_real_observations(
+    tmp_path, env, outputs
+):
+    import onnx
+    import onnxruntime
+
+    from algos.core.envs import EnvConfig, make_env
+    from algos.core.rlpipe_agent import PortableAgent
+
+    env_cfg = EnvConfig(**env)
+    probe = make_env(env_cfg)
+    space, n_actions = probe.observation_space, int(probe.action_space.n)
+    probe.close()
+    torch.manual_seed(0)
+    factory = NetworkFactory("auto", (64, 64))
+    net = factory(space, gym.spaces.Discrete(n_actions))
+    agent = NetworkAgent.of(net, factory, space, n_actions, outputs)
+    save_agent(agent, tmp_path / "n", algo="dqn")
+    path = tmp_path / "n" / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["action", outputs]
+    obs = real_observations(env_cfg, 64)
+    assert obs.dtype == (np.uint8 if env is PONG else np.float32)
+    assert obs.shape[1:] == ((4, 84, 84) if env is PONG else (4,))
+    action, values = session.run(None, {"obs": obs})
+    with torch.no_grad():
+        logits = net(torch.as_tensor(obs))
+        expected = logits if outputs == "q_values" else torch.softmax(logits, -1)
+    assert np.array_equal(action, expected.argmax(1).numpy())
+    np.testing.assert_allclose(values, expected.numpy(), rtol=1e-4, atol=1e-6)
+    if outputs == "probabilities":
+        np.testing.assert_allclose(values.sum(1), 1.0, rtol=1e-5)
+    # the graph takes any batch size, one observation too; the portable loader acts alike
+    assert session.run(["action"], {"obs": obs[:1]})[0].tolist() == action[:1].tolist()
+    assert np.array_equal(PortableAgent(tmp_path / "n").act(obs), agent.act(obs))
+
+
+def test_an_altered_onnx_file_is_refused_by_the_portable_loader(tmp_path):
+    from algos.core.rlpipe_agent import PortableAgent
+
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    factory = NetworkFactory("mlp", (8,))
+    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
+    save_agent(agent, tmp_path / "n", algo="dqn")
+    path = tmp_path / "n" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(AgentFileError, match="model.onnx: its SHA-256 is not the one recorded"):
+        PortableAgent(tmp_path / "n")

@@ -72,12 +72,14 @@ def test_an_atari_video_is_the_episode_at_native_resolution(tmp_path):
     # evaluate.video's recorder on a real ALE game: every frame, 210x160 RGB as the
     # console draws it, not the agent's 84x84 grey stack, read back by a real decoder.
     import cv2
+    import torch
 
     from algos.core.agents import NetworkAgent
     from pipelines.models import record_episode
 
     env = make_env(BREAKOUT)
     factory = NetworkFactory("auto", ())
+    torch.manual_seed(0)  # an untrained network whose actions lose no game in 150 steps
     agent = NetworkAgent.of(factory(env.observation_space, env.action_space), factory,
                             env.observation_space, int(env.action_space.n))
     env.close()
@@ -94,3 +96,7 @@ def test_an_atari_video_is_the_episode_at_native_resolution(tmp_path):
         read += 1
     capture.release()
     assert read == frames and shapes == {(210, 160, 3)}
+    import imageio_ffmpeg  # H.264 in yuv420p: what browsers play (the MLflow UI, the Hub)
+
+    meta = next(imageio_ffmpeg.read_frames(str(path)))
+    assert meta["codec"].startswith("h264") and meta["pix_fmt"].startswith("yuv420p"), meta

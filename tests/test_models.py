@@ -7,15 +7,18 @@ import os
 from pathlib import Path
 
 import mlflow
+import mlflow.onnx
 import mlflow.pyfunc
 import numpy as np
+import onnxruntime
 import pytest
 from mlflow import MlflowClient
 
+from algos.core.agents import AgentFileError
 from algos.core.reporting import MemoryReporter
 from algos.registry import get_algorithm
 from pipelines.config import compose_and_check, flat_params
-from pipelines.models import log_agents
+from pipelines.models import load_logged_agent, log_agents
 from pipelines.tracking import RunLogger
 
 ALGOS = {
@@ -37,21 +40,34 @@ def batch_for(composed, result) -> np.ndarray:
     return np.asarray(obs, dtype=result.example_obs().dtype)
 
 
-@pytest.mark.parametrize("algo", list(ALGOS))
-def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
-    composed = compose_and_check(ALGOS[algo] + ["seed=0"])
+def logged_run(args: list[str], uri: str, experiment: str, reporter=None):
+    """A run of `args` trained in this process and written to the store `uri` as a trial
+    writes it (params, every report, then its models): (composed, result, run id, the
+    ids of its final and best models)."""
+    composed = compose_and_check(args)
     cfg = composed.cfg
-    reporter = MemoryReporter()
+    reporter = reporter if reporter is not None else MemoryReporter()
     result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed, reporter)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("models"))
+    exp = client.get_experiment_by_name(experiment)
+    run = client.create_run(exp.experiment_id if exp else client.create_experiment(experiment))
     logger = RunLogger(uri, run.info.run_id, -np.inf)
-    logger.log_params(flat_params(composed.container))  # as the trial's run
+    logger.log_params(flat_params(composed.container))
     for r in reporter.reports:
         logger.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
+    ids = log_agents(logger, result, composed, final_step=reporter.reports[-1]["step"])
+    return composed, result, run.info.run_id, ids
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    reporter = MemoryReporter()
+    composed, result, run_id, ids = logged_run(ALGOS[algo] + ["seed=0"], uri, "models",
+                                               reporter)
+    run = client.get_run(run_id)
     last = reporter.reports[-1]["step"]
-    ids = log_agents(logger, result, composed, final_step=last)
     assert set(ids) == {"final", "best"}
     assert client.get_run(run.info.run_id).info.status == "RUNNING"  # the trial closes it
     # Each model is the run's output at its step, with the run's params and the eval/*
@@ -77,7 +93,13 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
         assert np.array_equal(model.predict(obs), agent.act(obs)), name
         meta = model.metadata
         assert meta.signature is not None and meta.flavors["python_function"][
-            "loader_module"] == "pipelines.models"
+            "loader_module"] == "rlpipe_agent"
+        if algo != "q_learning":  # the same file, MLflow's onnx flavor too
+            graph = mlflow.onnx.load_model(f"models:/{ids[name]}")
+            session = onnxruntime.InferenceSession(graph.SerializeToString())
+            assert np.array_equal(session.run(["action"], {"obs": obs})[0], agent.act(obs))
+        else:
+            assert set(meta.flavors) == {"python_function"}
     # No pickle anywhere in the model: data files, the spec and MLflow's own files.
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{ids['best']}",
                                                      dst_path=str(tmp_path / "dl")))
@@ -111,7 +133,8 @@ def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
     assert together == alone, (together, alone)
 
 
-def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("file", ["weights.pt", "model.onnx"])
+def test_a_tampered_file_fails_to_load_with_a_clear_error(tmp_path, file):
     composed = compose_and_check(ALGOS["dqn"] + ["seed=0"])
     cfg = composed.cfg
     result = get_algorithm("dqn").train(cfg.algo, cfg.env, cfg.seed)
@@ -123,12 +146,14 @@ def test_a_tampered_weights_file_fails_to_load_with_a_clear_error(tmp_path):
     mlflow.set_tracking_uri(uri)
     stored = Path(client.get_logged_model(ids["final"]).artifact_location.removeprefix(
         "file://"))
-    weights = next(stored.rglob("weights.pt"))
-    data = bytearray(weights.read_bytes())
+    altered = next(stored.rglob(file))
+    data = bytearray(altered.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="weights.pt: its SHA-256 is not the one recorded"):
+    altered.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{file}: its SHA-256 is not the one recorded"):
         mlflow.pyfunc.load_model(f"models:/{ids['final']}")
+    with pytest.raises(AgentFileError, match=f"{file}: its SHA-256 is not the one recorded"):
+        load_logged_agent(f"models:/{ids['final']}", uri)
 
 
 def test_a_q_learning_run_and_its_model_never_import_torch(tmp_path):

@@ -1,16 +1,18 @@
 """A trained agent as data: how it acts, and how it is saved and loaded without pickle.
 
 An agent acts greedily on a batch of observations (`act`). It saves as plain data in a
-folder: a Q-table as `.npy`, a network's weights as a `.pt` file of tensors (read back
-with `torch.load(weights_only=True)`, which builds tensors and nothing else), beside a
-spec (plain JSON) that rebuilds the network with this project's own code. `agent.json`
-records the spec and the SHA-256 of every file, so a changed or corrupted file is refused
-when it is loaded, before it is read.
+folder: a Q-table as `.npy`; a network as its weights in a `.pt` file of tensors (read
+back with `torch.load(weights_only=True)`, which builds tensors and nothing else, and
+rebuilt from its spec, plain JSON, with this project's code) and as `model.onnx`, the
+same network exported to ONNX with its greedy action in the graph, which runs without
+this project or PyTorch. `agent.json` records the spec and the SHA-256 of every file, so
+a changed or corrupted file is refused when it is loaded, before it is read. How the
+manifest is read and checked lives in algos.core.rlpipe_agent, the loader every logged
+model carries.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,12 +22,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from algos.core.reporting import BestEvaluation
+from algos.core.rlpipe_agent import (
+    MANIFEST,
+    ONNX_ACTION,
+    ONNX_FILE,
+    ONNX_INPUT,
+    TABLE_FILE,
+    AgentFileError,
+    read_manifest,
+    sha256,
+    table_actions,
+)
 
-MANIFEST = "agent.json"
+__all__ = ["MANIFEST", "AgentFileError", "read_manifest", "save_agent", "TableAgent",
+           "NetworkAgent", "NetworkResult"]
 
-
-class AgentFileError(ValueError):
-    """An agent's files are missing, changed since they were saved, or not an agent."""
+OUTPUTS = ("q_values", "probabilities")
+"""What a network agent's second output is: DQN's Q-values, or the action probabilities
+of a policy whose network gives logits (REINFORCE)."""
 
 
 class Agent(Protocol):
@@ -44,7 +58,7 @@ class Agent(Protocol):
 class TableAgent:
     """A Q-table (states x actions): the action of largest value in each state."""
 
-    FILE = "q_table.npy"
+    FILE = TABLE_FILE
 
     def __init__(self, table: np.ndarray) -> None:
         self.table = np.asarray(table, dtype=np.float64)
@@ -56,7 +70,7 @@ class TableAgent:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions of a batch of states (ints)."""
-        return self.table[np.asarray(obs, dtype=np.int64)].argmax(-1)
+        return table_actions(self.table, obs)
 
     def save(self, folder: Path) -> dict[str, Any]:
         """q_table.npy."""
@@ -86,7 +100,8 @@ class NetworkAgent:
     def __init__(self, net, spec: dict[str, Any]) -> None:
         self.net = net.eval()
         self.spec = spec
-        """kind, network (mlp or cnn), hidden_sizes, obs_shape, obs_dtype, n_actions."""
+        """kind, network (mlp or cnn), hidden_sizes, obs_shape, obs_dtype, n_actions,
+        outputs (q_values or probabilities; absent in agents saved before it: q_values)."""
 
     @property
     def model(self):
@@ -94,15 +109,20 @@ class NetworkAgent:
         return self.net
 
     @classmethod
-    def of(cls, net, factory, obs_space, n_actions: int) -> NetworkAgent:
+    def of(cls, net, factory, obs_space, n_actions: int, outputs: str = "q_values"
+           ) -> NetworkAgent:
         """An agent of a network built by `factory` (algos.core.networks.NetworkFactory)
-        for `obs_space`, holding a CPU copy of its weights."""
+        for `obs_space`, holding a CPU copy of its weights; `outputs` (OUTPUTS) says what
+        its exported graph gives beside the action: the network's outputs as Q-values, or
+        their softmax as action probabilities."""
         import copy
 
+        if outputs not in OUTPUTS:
+            raise ValueError(f"outputs={outputs!r}; allowed: {', '.join(OUTPUTS)}")
         spec = {"kind": "network", "network": factory.kind,
                 "hidden_sizes": list(factory.hidden_sizes),
                 "obs_shape": list(obs_space.shape), "obs_dtype": str(obs_space.dtype),
-                "n_actions": int(n_actions)}
+                "n_actions": int(n_actions), "outputs": outputs}
         return cls(copy.deepcopy(net).cpu(), spec)
 
     def with_weights(self, weights: Mapping[str, Any]) -> NetworkAgent:
@@ -132,12 +152,60 @@ class NetworkAgent:
             return self.net(batch).argmax(-1).numpy()
 
     def save(self, folder: Path) -> dict[str, Any]:
-        """weights.pt: the state dict's tensors, nothing else."""
+        """weights.pt, the state dict's tensors and nothing else; model.onnx, the network
+        exported (export_onnx)."""
         import torch
 
         torch.save({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()},
                    folder / self.FILE)
+        self.export_onnx(folder / ONNX_FILE)
         return dict(self.spec)
+
+    def export_onnx(self, path: Path) -> None:
+        """Write the network as an ONNX graph of one input, `obs` (a batch of any size), and
+        two outputs: `action`, the greedy action (argmax in the graph), and the Q-values or
+        the action probabilities (spec `outputs`). The file is checked with onnx.checker,
+        and onnxruntime's outputs must equal PyTorch's on a batch drawn from the
+        observation space (the tests check real observations too); ValueError if not."""
+        import logging
+        import warnings
+
+        import onnx
+        import onnxruntime
+        import torch
+
+        from algos.core.networks import GreedyHead
+
+        outputs = self.spec.get("outputs", "q_values")
+        batch = self.sample_batch(4)
+        module = GreedyHead(self.net, softmax=outputs == "probabilities").eval()
+        # The exporter warns of torchvision's operators it skips (none is used here), and
+        # torch.export of its own deprecations.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(
+                module, (torch.as_tensor(batch),), str(path), dynamo=True, verbose=False,
+                input_names=[ONNX_INPUT], output_names=[ONNX_ACTION, outputs],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+        onnx.checker.check_model(str(path), full_check=True)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        action, values = session.run(None, {ONNX_INPUT: batch})
+        with torch.inference_mode():
+            expected_action, expected = (t.numpy() for t in module(torch.as_tensor(batch)))
+        if not (np.allclose(values, expected, rtol=1e-4, atol=1e-5)
+                and np.array_equal(action, expected_action)):
+            raise ValueError(f"{path}: onnxruntime's outputs differ from PyTorch's (largest "
+                             f"difference {np.abs(values - expected).max():.3g})")
+
+    def sample_batch(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` observations of the spec's shape and dtype, drawn at random (frames: any
+        pixel value; vectors: standard normal)."""
+        rng = np.random.default_rng(seed)
+        shape, dtype = (n, *self.spec["obs_shape"]), np.dtype(self.spec["obs_dtype"])
+        if dtype == np.uint8:
+            return rng.integers(0, 256, size=shape, dtype=np.uint8)
+        return rng.standard_normal(shape).astype(dtype)
 
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any]) -> NetworkAgent:
@@ -163,41 +231,15 @@ class NetworkAgent:
         return cls(net, spec)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_agent(agent: Agent, folder: Path, algo: str, **about: Any) -> dict[str, Any]:
     """Save `agent` into `folder` (made if needed) with its manifest: the algorithm, the
     spec, the SHA-256 of each file, and `about` (env, step, score, ...). Returns the
     manifest (algos.registry.load_agent reads the folder back)."""
     folder.mkdir(parents=True, exist_ok=True)
     spec = agent.save(folder)
-    files = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    files = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST}
     manifest = {"algo": algo, "spec": spec, "files": files, **about}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    return manifest
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a saved agent, every file checked against its SHA-256."""
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        files, _, _ = manifest["files"], manifest["algo"], manifest["spec"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise AgentFileError(f"{path}: not an agent's manifest ({e})") from None
-    for name, expected in files.items():
-        file = folder / name
-        if not file.is_file():
-            raise AgentFileError(f"{file}: missing")
-        if _sha256(file) != expected:
-            raise AgentFileError(f"{file}: its SHA-256 is not the one recorded when it was "
-                                 "saved (changed or corrupted); refusing to load it")
     return manifest
 
 
@@ -214,11 +256,12 @@ class NetworkResult:
 
     @classmethod
     def of(cls, net, factory, obs_space, n_actions: int, metrics: dict[str, float],
-           best: BestEvaluation) -> NetworkResult:
-        """The result of a run whose network ended as `net`; two observations sampled
-        from `obs_space` are the example batch."""
+           best: BestEvaluation, outputs: str = "q_values") -> NetworkResult:
+        """The result of a run whose network ended as `net` (its outputs: OUTPUTS); two
+        observations sampled from `obs_space` are the example batch."""
         example = np.stack([np.asarray(obs_space.sample()) for _ in range(2)])
-        return cls(NetworkAgent.of(net, factory, obs_space, n_actions), example, metrics, best)
+        return cls(NetworkAgent.of(net, factory, obs_space, n_actions, outputs), example,
+                   metrics, best)
 
     @property
     def network(self):

@@ -49,6 +49,23 @@ class NatureCNN(nn.Module):
         return self.head(self.features(obs.float() / 255.0))
 
 
+class GreedyHead(nn.Module):
+    """A network's greedy action and its outputs, as an exported agent computes them:
+    (argmax, the outputs) for Q-values, (argmax, softmax) for a policy's logits."""
+
+    def __init__(self, net: nn.Module, softmax: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.softmax = softmax
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actions, Q-values or action probabilities) of a batch of observations."""
+        out = self.net(obs)
+        if self.softmax:
+            out = torch.softmax(out, dim=-1)
+        return out.argmax(-1), out
+
+
 def is_image(space: gym.Space) -> bool:
     """Stacked frames: a uint8 Box of shape (stack, height, width)."""
     return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(
