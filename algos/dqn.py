@@ -32,7 +32,7 @@ from torch import nn
 
 from algos.configs import DQNConfig
 from algos.core import metrics as m
-from algos.core.agents import NetworkResult
+from algos.core.agents import NetworkAgent, NetworkResult
 from algos.core.cuda_graph import GraphedStep
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
@@ -409,7 +409,9 @@ def train(cfg: DQNConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | No
     reports = Reports(reporter, cfg.eval_every, cfg.total_steps,
                       evaluate=lambda: evaluate(learner.online, env_cfg, eval_seeds, cfg),
                       weights=lambda: cpu_weights(learner.online),
-                      position=learner.env_steps, state=state)
+                      position=learner.env_steps, state=state,
+                      agent=lambda: NetworkAgent.of(learner.online, factory, pool.obs_space,
+                                                    int(pool.action_space.n)))
     # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
     frames_only = cfg.frame_memory and is_image(pool.obs_space)
     pool.set_weights(cpu_weights(learner.online))

@@ -172,7 +172,8 @@ def train(cfg: QLearningConfig, env_cfg: EnvConfig, seed: int, reporter: Reporte
     eval_seeds = cfg.evaluation_seeds()
     reports = Reports(reporter, cfg.report_every, cfg.episodes,
                       evaluate=lambda: evaluate(run.q_table(), env_cfg, eval_seeds, cfg),
-                      weights=run.q_table, position=run.episode, state=state)
+                      weights=run.q_table, position=run.episode, state=state,
+                      agent=lambda: TableAgent(run.q_table()))
     sq_td = 0.0
     while run.episode < cfg.episodes:
         epsilon = exponential_epsilon(run.episode, cfg.epsilon_start, cfg.epsilon_end,

@@ -24,7 +24,7 @@ from torch import nn
 
 from algos.configs import ReinforceConfig
 from algos.core import metrics as m
-from algos.core.agents import NetworkResult
+from algos.core.agents import NetworkAgent, NetworkResult
 from algos.core.envs import EnvConfig
 from algos.core.evaluation import play_episodes
 from algos.core.finite import check_finite
@@ -146,7 +146,9 @@ def train(cfg: ReinforceConfig, env_cfg: EnvConfig, seed: int, reporter: Reporte
     eval_seeds = cfg.evaluation_seeds()
     reports = Reports(reporter, cfg.eval_every, cfg.episodes,
                       evaluate=lambda: evaluate(policy, env_cfg, eval_seeds, cfg),
-                      weights=lambda: cpu_weights(policy), position=episode, state=state)
+                      weights=lambda: cpu_weights(policy), position=episode, state=state,
+                      agent=lambda: NetworkAgent.of(policy, factory, pool.obs_space,
+                                                    int(pool.action_space.n), "probabilities"))
     losses, entropies, sources = [], [], []
     try:
         while episode < cfg.episodes:

@@ -50,11 +50,16 @@ class TrackingConfig:
     system_metrics_every_s: float = 5.0
     """Seconds between samples of MLflow's system metrics (CPU, memory, GPU utilization and
     memory) in each trial's run; 0: none."""
+    video_every: int = 0
+    """Record one evaluation episode (the first evaluation seed, greedy; Atari: the game's
+    own frames) at every video_every-th evaluation, as the run's artifact
+    videos/step-<env step>.mp4; 0: none."""
 
     def __post_init__(self) -> None:
         at_least(self, "flush_every_s", 0.0)
         at_least(self, "max_points_per_report", 0)
         at_least(self, "system_metrics_every_s", 0.0)
+        at_least(self, "video_every", 0)
 
 
 @dataclass

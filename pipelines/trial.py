@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from pipelines.lineage import (
     record_start,
     values_in_use,
 )
-from pipelines.models import log_agents, model_tag
+from pipelines.models import log_agents, model_tag, record_episode
 from pipelines.schedulers import PAUSING
 from pipelines.schema import ClusterConfig, ProgressConfig
 from pipelines.space import CONFIG_TAG, TRIAL_INDEX, config_label
@@ -211,6 +211,44 @@ FINAL_WAIT_S = 600.0
 """How long a trial's last report waits for the tracking server to come back."""
 
 
+@dataclass
+class EvaluationVideos:
+    """tracking.video_every: one evaluation episode recorded at every `every`-th
+    evaluation, from the evaluation's first reset seed, into the run as
+    videos/step-<env step>.mp4. A trial retried from a checkpoint records the same names
+    again (the artifact is replaced, not doubled); a video that cannot be made or
+    uploaded is a warning, never the trial's failure."""
+
+    logger: RunLogger
+    every: int
+    env: Any
+    """The run's EnvConfig (Atari videos show the game's own frames)."""
+    seed: int
+    max_steps: int | None
+
+    def record(self, evaluation: int, step: int, agent: Callable[[], Any]) -> None:
+        """Record the `evaluation`-th evaluation's episode, at env step `step`, if due."""
+        if self.every <= 0 or evaluation % self.every:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / video_name(step)
+                record_episode(agent(), self.env, self.seed, self.max_steps, path)
+                self.logger.log_artifact(path, VIDEOS)
+        except Exception as e:  # a video must never stop training
+            log.warning("no video at step %d: %s", step, str(e).splitlines()[0][:200])
+
+
+VIDEOS = "videos"
+"""The run's artifact folder of tracking.video_every's videos."""
+
+
+def video_name(step: int) -> str:
+    """The file name of the video of the evaluation at env step `step` (zero-padded, so
+    names sort by step)."""
+    return f"step-{step:012d}.mp4"
+
+
 class TrialReporter:
     """The Reporter an algorithm gets inside a trial: to MLflow and to Tune.
 
@@ -266,6 +304,8 @@ class TrialReporter:
         """Reports the algorithm made (a resumed run's: up to its checkpoint)."""
         self.schedule: list[tuple[int, dict[str, Any]]] = []
         """A replay's changes: after the n-th report, new values (ScheduleChange)."""
+        self.videos: EvaluationVideos | None = None
+        """tracking.video_every's recorder (None: no videos)."""
 
     def flush(self) -> bool:
         """Write the buffered points; True when none is left. A tracking outage keeps them
@@ -328,8 +368,10 @@ class TrialReporter:
 
     def report(self, step: int, metrics: Mapping[str, float],
                history: Mapping[str, Sequence[tuple]] | None = None,
-               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
-        """Buffer for MLflow; tune.report, with a checkpoint when one is due."""
+               state: Mapping[str, Any] | None = None, final: bool = False,
+               agent: Callable[[], Any] | None = None) -> None:
+        """Buffer for MLflow; a video when one is due; tune.report, with a checkpoint when
+        one is due."""
         # Tune (and its schedulers) sees the algorithm's counters; the run logs the
         # member's own, which differ after an exploit (pipelines.lineage).
         result = {**metrics, **self._progress(step, metrics)}
@@ -344,6 +386,8 @@ class TrialReporter:
         self.last_step = step
         history = {k: downsample(v, self.max_points) for k, v in (history or {}).items()}
         self.unsent.append(self.logger.report_points(step, metrics, history))
+        if self.videos is not None and agent is not None:
+            self.videos.record(self.reports + 1, step, agent)
         now = time.monotonic()
         checkpoint = state is not None and (
             final or now - self.last_checkpoint >= self.checkpoint_every_s)
@@ -525,6 +569,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              run_key=run_key(ctx, trial_id), trial_id=trial_id)
     reporter.last_step, reporter.shift = go_on.step, go_on.shift
     reporter.reports, reporter.schedule = reports, list(ctx.settings.schedule)
+    if cfg.tracking.video_every:
+        evaluation = algorithm.evaluation(cfg.algo)
+        reporter.videos = EvaluationVideos(logger, cfg.tracking.video_every, cfg.env,
+                                           evaluation["seeds"][0], evaluation["max_steps"])
     try:
         training = time.monotonic()
         while True:

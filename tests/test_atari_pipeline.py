@@ -29,7 +29,7 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
         "experiment=pong_dqn", "algo.total_steps=4000", "algo.learning_starts=2000",
         "algo.buffer_size=20000", "algo.eval_every=1000", "algo.eval_episodes=1",
         "algo.envs_per_worker=1", "algo.checkpoint_replay=true", "cluster.num_cpus=4",
-        "cluster.checkpoint_every_s=0", "tracking.experiment=pong",
+        "cluster.checkpoint_every_s=0", "tracking.experiment=pong", "tracking.video_every=2",
     ]
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     proc = subprocess.Popen(
@@ -63,6 +63,18 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
         assert name in run.data.metrics, name
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/env_steps")]
     assert steps == sorted(set(steps)) and steps[-1] >= 4000 and len(steps) == 4
+    # tracking.video_every=2 through the resume: the 2nd and 4th evaluations' games, in
+    # the console's own 160x210 frames (not the agent's 84x84 stack).
+    import imageio_ffmpeg
+    import mlflow.artifacts
+
+    evals = [m.step for m in client.get_metric_history(run.info.run_id, "eval/score")]
+    videos = [v.path for v in client.list_artifacts(run.info.run_id, "videos")]
+    assert videos == [f"videos/step-{s:012d}.mp4" for s in evals[1::2]], (videos, evals)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                artifact_path=videos[0],
+                                                tracking_uri=client.tracking_uri)
+    assert next(imageio_ffmpeg.read_frames(local))["size"] == (160, 210)
     from tests.conftest import assert_models_once, assert_no_step_twice
 
     assert_no_step_twice(client, run)

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import mlflow.artifacts
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -210,7 +211,8 @@ def test_sweep_against_a_tracking_server_over_http_never_writes_its_credentials(
 
 
 def test_train_is_one_run_without_a_parent(workdir):
-    result = run_cli("pipelines.train", SMALL + ["seed=5", "tracking.register=true"], workdir)
+    result = run_cli("pipelines.train", SMALL + ["seed=5", "tracking.register=true",
+                                                 "tracking.video_every=2"], workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     # tracking.register=true: the run's best model registered, the alias best on it
     # (named <tracking experiment>-<env option>; a train run's experiment is <algo>-<env>)
@@ -232,6 +234,17 @@ def test_train_is_one_run_without_a_parent(workdir):
                      key=lambda m: m.step)
     stamps = [m.timestamp for m in returns]
     assert stamps == sorted(stamps) and len(set(stamps)) > 4 * 4  # 4 reports
+    # tracking.video_every=2: the 2nd and 4th evaluations' episodes, named by their step.
+    import imageio_ffmpeg
+
+    evals = [m.step for m in client.get_metric_history(run.info.run_id, "eval/score")]
+    videos = client.list_artifacts(run.info.run_id, "videos")
+    assert [v.path for v in videos] == [f"videos/step-{s:012d}.mp4" for s in evals[1::2]]
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                artifact_path=videos[-1].path,
+                                                tracking_uri=client.tracking_uri)
+    meta = next(imageio_ffmpeg.read_frames(local))
+    assert meta["codec"].startswith("h264") and meta["size"] == (256, 256)  # FrozenLake's
     # The status line: the budget done, the recent (exploring) return, the metric.
     assert re.search(r"\] 400/400 episodes \(100%\) \| recent return [0-9.]+ \| eval/score 1$",
                      result.stdout, re.M), result.stdout

@@ -24,7 +24,8 @@ class Reporter(Protocol):
 
     def report(self, step: int, metrics: Mapping[str, float],
                history: Mapping[str, Sequence[tuple]] | None = None,
-               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
+               state: Mapping[str, Any] | None = None, final: bool = False,
+               agent: Callable[[], Any] | None = None) -> None:
         """Record `metrics` at `step`.
 
         history: finer-grained points since the last report, per metric, as (step, value)
@@ -33,6 +34,8 @@ class Reporter(Protocol):
         state: everything needed to continue from here, as passed back to the algorithm's
             `train(..., state=...)`; the listener decides whether to checkpoint it.
         final: this is the run's last report.
+        agent: builds the agent as it is at this report (algos.core.agents), for a
+            listener that records it acting (a video); only called if it does.
         """
 
     def progress(self, step: int, done: float) -> None:
@@ -53,7 +56,8 @@ class MemoryReporter:
 
     def report(self, step: int, metrics: Mapping[str, float],
                history: Mapping[str, Sequence[tuple]] | None = None,
-               state: Mapping[str, Any] | None = None, final: bool = False) -> None:
+               state: Mapping[str, Any] | None = None, final: bool = False,
+               agent: Callable[[], Any] | None = None) -> None:
         """Append the report; remember the newest checkpoint state."""
         self.reports.append({"step": step, **metrics})
         for name, points in (history or {}).items():
@@ -69,7 +73,8 @@ class MemoryReporter:
 class NullReporter:
     """Discards everything."""
 
-    def report(self, step, metrics, history=None, state=None, final=False) -> None:
+    def report(self, step, metrics, history=None, state=None, final=False,
+               agent=None) -> None:
         """Do nothing."""
 
     def progress(self, step: int, done: float) -> None:
@@ -108,8 +113,9 @@ class Reports:
     returns)`), keeps the weights of the best evaluation (`weights()`, a copy), adds the
     throughput since the last report and the returns of the episodes that ended since,
     and hands the metrics and the checkpoint (with the best evaluation and these metrics
-    in it) to the reporter. Between reports it tells the reporter how far the run is, at
-    most every PROGRESS_EVERY_S seconds.
+    in it) to the reporter, with `agent()`, which builds the agent as it is. Between
+    reports it tells the reporter how far the run is, at most every PROGRESS_EVERY_S
+    seconds.
     """
 
     def __init__(
@@ -121,10 +127,13 @@ class Reports:
         weights: Callable[[], Any],
         position: int = 0,
         state: Mapping[str, Any] | None = None,
+        agent: Callable[[], Any] | None = None,
     ) -> None:
         self.reporter = reporter or NullReporter()
         self.every, self.total = every, total
         self.evaluate, self.weights = evaluate, weights
+        self.agent = agent
+        """Builds the agent as it is now (Reporter.report's `agent`)."""
         self.next = (position // every + 1) * every
         """The budget position of the next report (after `position`, where a resumed run
         resumes)."""
@@ -187,7 +196,7 @@ class Reports:
             self.next += self.every
         self.reporter.report(step, out, history={m.EPISODE_RETURN: self.returns},
                              state={**checkpoint, "best": self.best.state(), "metrics": out},
-                             final=position >= self.total)
+                             final=position >= self.total, agent=self.agent)
         self.metrics, self.returns = out, []
         self.steps = self.updates = 0
         self.started = time.perf_counter()  # evaluating and reporting are not training
