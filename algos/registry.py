@@ -12,6 +12,7 @@ from typing import Any
 from algos import configs
 from algos.core import metrics as m
 from algos.core.agents import Agent, AgentFileError, NetworkAgent, TableAgent, read_manifest
+from algos.core.evaluation import held_out_seeds
 from algos.core.metrics import ENV_STEPS, EPISODES
 
 EVERY_REPORT = (m.ENV_STEPS, m.EVAL_MEAN_RETURN, m.EVAL_STD_RETURN, m.EVAL_SCORE,
@@ -86,9 +87,13 @@ class Algorithm:
         return planned(cfg, obs_space) if planned else (0, 0)
 
     def evaluation(self, cfg: Any) -> dict[str, Any]:
-        """How a run of config `cfg` evaluated its agent: the reset seed of each episode and
-        the most steps of one ({"seeds": [...], "max_steps": int or None})."""
-        return {"seeds": cfg.evaluation_seeds(), "max_steps": getattr(cfg, "max_steps", None)}
+        """How a run of config `cfg` evaluates its agent: the reset seed of each episode,
+        the held-out seeds of its final test (algos.core.evaluation.held_out_seeds), and
+        the most steps of one ({"seeds": [...], "test_seeds": [...], "max_steps": int or
+        None})."""
+        seeds = cfg.evaluation_seeds()
+        return {"seeds": seeds, "test_seeds": held_out_seeds(seeds),
+                "max_steps": getattr(cfg, "max_steps", None)}
 
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -30,20 +30,23 @@ def format_table(rows: Sequence[Row], metric: str) -> str:
         by_env.setdefault(r.env, []).append(r)
     for env, env_rows in by_env.items():
         best = {r.config: r for r in env_rows if r.at == "best"}
+        test = {r.config: r for r in env_rows if r.at == "test"}
         last = [r for r in env_rows if r.at == "last"]
         width = max(len(r.config) for r in last)
         lines.append(f"{env}: {metric} over seeds, ranked by IQM at the last report "
                      f"({CONFIDENCE:.0%} bootstrap CI)")
         lines.append(f"  {'#':>2}  {'config':{width}}  {'n':>3}  {'IQM [CI]':27}"
-                     f"{'mean ± std':19}{'median':>8}   best-of-run IQM [CI]")
+                     f"{'mean ± std':19}{'median':>8}   {'best-of-run IQM [CI]':27}"
+                     + ("held-out test/score IQM [CI]" if test else "").rstrip())
         for r in last:
-            b = best[r.config]
+            b, t = best[r.config], test.get(r.config)
             n = f"{r.n}" + ("*" if r.unfinished else "") + (f"+{r.failed}!" if r.failed else "")
-            lines.append(
+            lines.append((
                 f"  {r.rank:>2}  {r.config:{width}}  {n:>3}  "
                 f"{_num(r.iqm) + ' ' + _ci(r.iqm_low, r.iqm_high):27}"
                 f"{_num(r.mean) + ' ± ' + _num(r.std, 3):19}{_num(r.median):>8}   "
-                f"{_num(b.iqm)} {_ci(b.iqm_low, b.iqm_high)}")
+                f"{_num(b.iqm) + ' ' + _ci(b.iqm_low, b.iqm_high):27}"
+                + (f"{_num(t.iqm)} {_ci(t.iqm_low, t.iqm_high)}" if t else "")).rstrip())
     if any(r.unfinished for r in rows):
         lines.append("  n*: some of its trials have not finished; their last report so far")
     if any(r.failed for r in rows):
@@ -52,12 +55,17 @@ def format_table(rows: Sequence[Row], metric: str) -> str:
 
 
 def best_lines(rows: Sequence[Row], ui_run=None) -> list[str]:
-    """One line per env: its best configuration, IQM [CI] over n seeds, the run to open."""
+    """One line per env: its best configuration, IQM [CI] over n seeds, its held-out
+    test/score IQM [CI] (the figure its selection did not see), the run to open."""
     out = []
+    tested = {(r.env, r.config): r for r in rows if r.at == "test"}
     for env, r in winners(rows).items():
         where = ui_run(r.top_run_id) if ui_run else r.top_run_id
+        test = tested.get((env, r.config))
+        held_out = (f"; on held-out seeds, test/score IQM {_num(test.iqm)} "
+                    f"{_ci(test.iqm_low, test.iqm_high)}" if test else "")
         out.append(f"Best on {env}: {r.config}: IQM {_num(r.iqm)} {_ci(r.iqm_low, r.iqm_high)}"
-                   f" over {r.n} seed(s); its best run (seed {r.top_seed}): {where}")
+                   f" over {r.n} seed(s){held_out}; its best run (seed {r.top_seed}): {where}")
     return out
 
 

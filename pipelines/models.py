@@ -23,13 +23,21 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from algos.core.metrics import EVAL_PREFIX, EVAL_SCORE, score
+from algos.core.metrics import (
+    EVAL_PREFIX,
+    EVAL_SCORE,
+    TEST_MEAN_RETURN,
+    TEST_SCORE,
+    TEST_STD_RETURN,
+    score,
+)
 from algos.core.rlpipe_agent import ONNX_FILE
 from pipelines import private_api
 from pipelines.config import Composed
@@ -81,7 +89,8 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     """Log the run's final and best agents as pyfunc models named final and best, the final
     one at the run's last report step `final_step`, the best at its evaluation's; tag the
     run with their model ids (model.final, model.best) and return them. The run's metrics
-    must be written first.
+    must be written first. The best agent is tested on the held-out seeds first: test/*
+    at `final_step` in the run, linked to the best model, and in its manifest.
 
     Each model is the run's output at its step, with the run's params as its own and the
     run's eval/* points of that step linked to it: what MLflow's log_model does in an
@@ -96,7 +105,9 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     from algos.registry import get_algorithm
 
     example = result.example_obs()
-    evaluation = get_algorithm(composed.cfg.algo.name).evaluation(composed.cfg.algo)
+    cfg = composed.cfg
+    algorithm = get_algorithm(cfg.algo.name)
+    evaluation = algorithm.evaluation(cfg.algo)
     about = {
         "final": {"score": result.metrics.get(EVAL_SCORE), "step": final_step},
         "best": {"score": result.best.score, "step": result.best.step},
@@ -108,6 +119,12 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
     same = agents["best"].same_as(agents["final"])
     client = logger.client
     run = client.get_run(logger.run_id)
+    # The held-out test: the best agent, played as the run's evaluations play, on seeds
+    # none of them played (the best was picked on theirs).
+    mean, std, _ = algorithm.evaluate(agents["best"].model, cfg.env,
+                                      evaluation["test_seeds"], cfg.algo)
+    test = {TEST_MEAN_RETURN: mean, TEST_STD_RETURN: std, TEST_SCORE: score(mean, std)}
+    about["best"] = {**about["best"], "test": test}
     histories = {key: client.get_metric_history(logger.run_id, key)
                  for key in run.data.metrics if key.startswith(EVAL_PREFIX)}
     # log_model writes through the fluent API's store: this one, for the loop.
@@ -147,6 +164,11 @@ def log_agents(logger: RunLogger, result: Any, composed: Composed,
                 for points in histories.values() for m in points
                 if m.step == step and m.model_id is None])
             ids[name] = model.model_id
+    if TEST_SCORE not in run.data.metrics:  # (a retried trial's may be there already)
+        stamp = int(time.time() * 1000)
+        client.log_batch(logger.run_id, metrics=[
+            Metric(key, value, stamp, final_step, run_id=logger.run_id,
+                   model_id=ids["best"]) for key, value in test.items()])
     logger.set_tags({model_tag(name): model_id for name, model_id in ids.items()})
     return ids
 
@@ -213,15 +235,21 @@ def load_logged_agent(model_uri: str, tracking_uri: str):
 
 
 def play(agent, manifest: dict[str, Any], episodes: int | None = None, seed: int = 0,
-         video: Path | None = None) -> dict[str, Any]:
-    """Play the agent greedily: on the run's own evaluation seeds, or `episodes` episodes
-    on seeds seed, seed+1, ...; with `video`, the first episode is also recorded there as
-    an mp4. Returns episodes, mean_return, std_return, score, seeds."""
+         video: Path | None = None, held_out: bool = False) -> dict[str, Any]:
+    """Play the agent greedily: on the run's own evaluation seeds, or with `held_out` on
+    its held-out test seeds, or `episodes` episodes on seeds seed, seed+1, ...; with
+    `video`, the first episode is also recorded there as an mp4. Returns episodes,
+    mean_return, std_return, score, seeds."""
     from algos.core.envs import EnvConfig
-    from algos.core.evaluation import play_episodes
+    from algos.core.evaluation import held_out_seeds, play_episodes
 
     evaluation = manifest["evaluation"]
-    seeds = list(range(seed, seed + episodes)) if episodes else list(evaluation["seeds"])
+    if episodes:
+        seeds = list(range(seed, seed + episodes))
+    elif held_out:  # (models saved before the manifest held them: the same seeds)
+        seeds = list(evaluation.get("test_seeds") or held_out_seeds(evaluation["seeds"]))
+    else:
+        seeds = list(evaluation["seeds"])
     env_cfg = EnvConfig(**manifest["env"])
     mean, std, returns = play_episodes(env_cfg, seeds, agent.act, evaluation.get("max_steps"))
     out = {"episodes": len(returns), "mean_return": mean, "std_return": std,
@@ -281,9 +309,10 @@ CHAMPION = "best"
 def register_champion(client, tracking_uri: str, name: str, model_id: str,
                       source_run_id: str) -> dict[str, Any]:
     """Add the model as a new version of the registered model `name`; move its alias
-    `best` to it only when it beats the version holding it on the same evaluation seeds
-    (the challenger's run's own), or when none holds it. Returns name, version, moved, and
-    both scores."""
+    `best` to it only when it beats the version holding it on the challenger's held-out
+    test seeds (which no evaluation of its run played, nor of any run with the same
+    evaluation seeds, so neither agent was picked on them), or when none holds it. Both
+    play greedily. Returns name, version, moved, and both scores (test/score)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -296,8 +325,8 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
                                               run_id=source_run_id,
                                               model_id=model_id).version
     challenger, manifest = load_logged_agent(f"models:/{model_id}", tracking_uri)
-    new = play(challenger, manifest)["score"]
-    client.set_model_version_tag(name, str(version), EVAL_SCORE, str(new))
+    new = play(challenger, manifest, held_out=True)["score"]
+    client.set_model_version_tag(name, str(version), TEST_SCORE, str(new))
     out = {"name": name, "version": str(version), "score": new, "champion_score": None}
     try:
         holder = client.get_model_version_by_alias(name, CHAMPION)
@@ -305,7 +334,7 @@ def register_champion(client, tracking_uri: str, name: str, model_id: str,
         holder = None
     if holder is not None:
         champion, _ = load_logged_agent(f"models:/{name}/{holder.version}", tracking_uri)
-        old = play(champion, manifest)["score"]  # the same env and seeds
+        old = play(champion, manifest, held_out=True)["score"]  # the same env and seeds
         out["champion_score"] = old
         out["champion_version"] = str(holder.version)
         if not new > old:

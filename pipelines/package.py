@@ -175,7 +175,7 @@ def write_package(folder: Path, local_model: Path, agent, manifest: dict[str, An
 
     shutil.copytree(local_model, folder, dirs_exist_ok=True)
     video = folder / "replay.mp4" if cfg.video else None
-    figures = play(agent, manifest, cfg.episodes, cfg.seed, video)
+    figures = play(agent, manifest, cfg.episodes, cfg.seed, video, held_out=True)
     results = {
         "env_id": env_name(manifest["env"]), "mean_reward": figures["mean_return"],
         "std_reward": figures["std_return"], "score": figures["score"],

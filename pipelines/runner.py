@@ -684,11 +684,12 @@ def _register(ctx: TrialContext, env: str, run_id: str,
         return None
     verdict = ("now holds the alias best" if out["moved"] else
                f"alias best stays on version {out['champion_version']} "
-               f"({out['champion_score']:.4g} on the same seeds)")
+               f"({out['champion_score']:.4g} on the same held-out seeds)")
     if parent:
         parent.set_tags({f"registered.{env}": f"{name}/{out['version']}",
                          f"registered.{env}.best_moved": str(out["moved"]).lower()})
-    return (f"Registered {name} version {out['version']} (eval/score {out['score']:.4g}): "
+    return (f"Registered {name} version {out['version']} (test/score {out['score']:.4g} on "
+            f"held-out seeds): "
             f"{verdict}. Play it: python -m pipelines.evaluate evaluate.model=models:/{name}@best")
 
 

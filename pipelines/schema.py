@@ -248,33 +248,6 @@ class SweepConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    """What python -m pipelines.evaluate plays."""
-
-    model: str | None = None
-    """The model to play: models:/<name>@<alias>, models:/<name>/<version>,
-    models:/<model id>, or runs:/<run id>/<path> (final or best)."""
-    run_id: str | None = None
-    """Instead of model: the run whose best model plays."""
-    episodes: int | None = None
-    """Episodes to play, on reset seeds seed, seed+1, ... (null: the run's own evaluation
-    episodes and seeds)."""
-    seed: int = 0
-    """With episodes: the first reset seed."""
-    video: bool = False
-    """Record the first episode as an mp4 (render mode rgb_array, Atari at its native
-    resolution) in the evaluation's run."""
-
-    def __post_init__(self) -> None:
-        if self.episodes is not None:
-            positive(self, "episodes")
-        at_least(self, "seed", 0)
-        if self.model and self.run_id:
-            raise ConfigValueError("run_id", self.run_id, "give evaluate.model or "
-                                     "evaluate.run_id, not both")
-
-
-@dataclass
 class ProgressConfig:
     """What train and sweep print while they run."""
 
@@ -292,19 +265,47 @@ class ProgressConfig:
 
 
 @dataclass
-class PackageConfig:
-    """What python -m pipelines.package packs for the Hugging Face Hub, and where."""
+class PlayConfig:
+    """A logged model played greedily (what evaluate and package share)."""
 
     model: str | None = None
-    """The model to pack: models:/<name>@<alias>, models:/<name>/<version>,
-    models:/<model id>, or runs:/<run id>/<path> (final or best)."""
-    dir: str | None = None
-    """The folder to write; it must not exist, or be empty."""
+    """The model: models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>, or
+    runs:/<run id>/<path> (final or best)."""
     episodes: int | None = None
-    """Episodes of the evaluation in results.json and the model card, on reset seeds
-    seed, seed+1, ... (null: the run's own evaluation episodes and seeds)."""
+    """Episodes to play, on reset seeds seed, seed+1, ... (null: the run's own seeds:
+    evaluate plays its evaluation seeds, package its held-out seeds)."""
     seed: int = 0
     """With episodes: the first reset seed."""
+
+    def __post_init__(self) -> None:
+        if self.episodes is not None:
+            positive(self, "episodes")
+        at_least(self, "seed", 0)
+
+
+@dataclass
+class EvaluateConfig(PlayConfig):
+    """What python -m pipelines.evaluate plays."""
+
+    run_id: str | None = None
+    """Instead of model: the run whose best model plays."""
+    video: bool = False
+    """Record the first episode as an mp4 (render mode rgb_array, Atari at its native
+    resolution) in the evaluation's run."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model and self.run_id:
+            raise ConfigValueError("run_id", self.run_id, "give evaluate.model or "
+                                     "evaluate.run_id, not both")
+
+
+@dataclass
+class PackageConfig(PlayConfig):
+    """What python -m pipelines.package packs for the Hugging Face Hub, and where."""
+
+    dir: str | None = None
+    """The folder to write; it must not exist, or be empty."""
     video: bool = True
     """Record replay.mp4, the first evaluation episode."""
     push: bool = False
@@ -314,11 +315,6 @@ class PackageConfig:
     """<user or organization>/<name>: the Hub repository of the model (with push)."""
     private: bool = False
     """With push: create the repository private."""
-
-    def __post_init__(self) -> None:
-        if self.episodes is not None:
-            positive(self, "episodes")
-        at_least(self, "seed", 0)
 
 
 @dataclass

@@ -65,6 +65,8 @@ class Trial:
     status: str
     curve: list[tuple[int, float]] = field(default_factory=list)
     """The sweep metric's points (step, value), in step order."""
+    test: float = math.nan
+    """Its best agent's test/score on the held-out seeds (NaN: none yet)."""
 
     def finite(self) -> list[float]:
         """The curve's finite values."""
@@ -90,7 +92,8 @@ class Row:
     env: str
     config: str
     at: str
-    """last (each trial's last report) or best (each trial's best)."""
+    """last (each trial's last report), best (each trial's best), or test (each trial's
+    best agent's test/score on the held-out seeds, whatever the sweep metric)."""
     n: int
     """Trials with a finite value."""
     unfinished: int
@@ -149,20 +152,25 @@ def groups(trials: Iterable[Trial]) -> dict[str, dict[str, list[Trial]]]:
 
 
 def summarize(trials: Sequence[Trial], mode: str) -> list[Row]:
-    """Two rows per (env, configuration), last and best, ranked within each env by IQM at
-    the last report (a configuration with no finite value ranks last)."""
+    """Rows per (env, configuration): last and best, and test where its trials were
+    tested; ranked within each env by IQM at the last report (a configuration with no
+    finite value ranks last). The test row is what the ranking did not see."""
     rows: list[Row] = []
     for env, configs in sorted(groups(trials).items()):
         last = [_row(env, c, "last", ts, [t.last() for t in ts], mode)
                 for c, ts in configs.items()]
         best = {c: _row(env, c, "best", ts, [t.best(mode) for t in ts], mode)
                 for c, ts in configs.items()}
+        test = {c: _row(env, c, "test", ts, [t.test for t in ts], "max")
+                for c, ts in configs.items()}
         sign = -1 if mode == "max" else 1
         last.sort(key=lambda r: (not math.isfinite(r.iqm), sign * r.iqm
                                  if math.isfinite(r.iqm) else 0, r.config))
         for rank, row in enumerate(last, 1):
-            row.rank = best[row.config].rank = rank
+            row.rank = best[row.config].rank = test[row.config].rank = rank
             rows += [row, best[row.config]]
+            if test[row.config].n:
+                rows.append(test[row.config])
     return rows
 
 

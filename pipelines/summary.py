@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from algos.core.metrics import TEST_SCORE
 from pipelines.display import best_lines, format_table, plot_curves, plot_iqm
 from pipelines.lineage import LINEAGE_FILE, record_population
 from pipelines.private_api import TABLE_ARTIFACTS_TAG
@@ -63,7 +64,8 @@ def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str,
         curve = sorted(((m.step, m.value) for m in history), key=lambda p: p[0])
         trials.append(Trial(
             run_id=run.info.run_id, env=run.data.tags.get("env", "?"), config=_config_of(run),
-            seed=run.data.tags.get("seed", "?"), status=run.info.status, curve=curve))
+            seed=run.data.tags.get("seed", "?"), status=run.info.status, curve=curve,
+            test=run.data.metrics.get(TEST_SCORE, math.nan)))
     return trials
 
 
@@ -104,11 +106,13 @@ def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str,
     tables = ["summary.json", *extra_tables]
     tags = {TABLE_ARTIFACTS_TAG: json.dumps([{"path": t, "type": "table"} for t in tables])}
     metrics: dict[str, float] = {}
+    tested = {(r.env, r.config): r for r in rows if r.at == "test"}
     for env, r in winners(rows).items():
         tags.update({f"best.{env}.config": r.config, f"best.{env}.run_id": r.top_run_id,
                      f"best.{env}.n": str(r.n)})
+        test = tested.get((env, r.config))
         for key, value in (("iqm", r.iqm), ("iqm_low", r.iqm_low), ("iqm_high", r.iqm_high),
-                           ("mean", r.mean)):
+                           ("mean", r.mean), ("test_iqm", test.iqm if test else math.nan)):
             if math.isfinite(value):
                 metrics[f"best/{env}/{key}"] = value
     logger.set_tags(tags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -97,6 +98,31 @@ def assert_models_once(client, run) -> None:
         m.model_id for m in models}
 
 
+def _loggers() -> list[logging.Logger]:
+    return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                   if isinstance(lg, logging.Logger))]
+
+
+def _quiet_logging() -> dict[str, tuple[int, list[logging.Handler]]]:
+    """Before an in-process run: every logger's level and handlers (to put back after),
+    and no handler left writing to a stream an earlier test closed (pytest's captures):
+    logging would report that on the run's own stderr, which a real process never sees."""
+    saved = {lg.name: (lg.level, list(lg.handlers)) for lg in _loggers()}
+    for lg in _loggers():
+        for h in list(lg.handlers):
+            if getattr(getattr(h, "stream", None), "closed", False):
+                lg.removeHandler(h)
+    return saved
+
+
+def _restore_logging(saved: dict[str, tuple[int, list[logging.Handler]]]) -> None:
+    """After an in-process run: each logger as it was (a real process ends instead)."""
+    for lg in _loggers():
+        level, handlers = saved.get(lg.name, (lg.level, []))
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+
+
 def run_in_process(module: str, args: list[str], cwd: Path) -> CliResult:
     """An entry point's main(args) in this process, in `cwd`, its output captured, as
     run_cli gives it: for commands that start no Ray (evaluate, report, --cfg, --info),
@@ -122,10 +148,12 @@ def run_in_process(module: str, args: list[str], cwd: Path) -> CliResult:
         "MLFLOW_TRACKING_PASSWORD")}
     os.chdir(cwd)
     ray.init = refuse
+    handlers = _quiet_logging()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = importlib.import_module(module).main(list(args))
     finally:
+        _restore_logging(handlers)
         ray.init = init
         os.chdir(previous)
         for k, v in saved.items():

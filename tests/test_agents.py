@@ -46,27 +46,37 @@ def test_a_network_agent_round_trips_as_tensors_only(tmp_path, obs_space):
     assert np.array_equal(loaded.act(obs), expected)
 
 
-def test_a_changed_weights_file_is_refused_before_it_is_read(tmp_path):
+def saved_mlp(folder):
+    """A small CartPole-shaped network agent, saved in `folder`."""
     obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
     factory = NetworkFactory("mlp", (8,))
     agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
-    save_agent(agent, tmp_path / "n", algo="dqn")
-    weights = tmp_path / "n" / "weights.pt"
-    data = bytearray(weights.read_bytes())
+    save_agent(agent, folder, algo="dqn")
+    return agent
+
+
+@pytest.mark.parametrize("file,reader", [
+    ("weights.pt", read_manifest),  # what the project's loader checks first
+    ("model.onnx", "portable"),  # the loader a model carries, before onnxruntime reads it
+])
+def test_a_changed_file_is_refused_before_it_is_read(tmp_path, file, reader):
+    from algos.core.rlpipe_agent import PortableAgent
+
+    reader = PortableAgent if reader == "portable" else reader
+    saved_mlp(tmp_path / "n")
+    path = tmp_path / "n" / file
+    data = bytearray(path.read_bytes())
     data[-20] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(AgentFileError, match="weights.pt: its SHA-256 is not the one recorded"):
-        read_manifest(tmp_path / "n")
+    path.write_bytes(bytes(data))
+    with pytest.raises(AgentFileError, match=f"{file}: its SHA-256 is not the one recorded"):
+        reader(tmp_path / "n")
     (tmp_path / "n" / "agent.json").write_text("{not json")
     with pytest.raises(AgentFileError, match="not an agent's manifest"):
-        read_manifest(tmp_path / "n")
+        reader(tmp_path / "n")
 
 
 def test_weights_of_another_network_are_refused_with_a_clear_error(tmp_path):
-    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-    factory = NetworkFactory("mlp", (8,))
-    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
-    save_agent(agent, tmp_path / "n", algo="dqn")
+    saved_mlp(tmp_path / "n")
     spec = {**read_manifest(tmp_path / "n")["spec"], "hidden_sizes": [16]}
     with pytest.raises(AgentFileError, match="not this network's weights"):
         NetworkAgent.load(tmp_path / "n", spec)
@@ -146,18 +156,3 @@ def test_a_network_exports_to_onnx_that_acts_as_pytorch_on_real_observations(
     # the graph takes any batch size, one observation too; the portable loader acts alike
     assert session.run(["action"], {"obs": obs[:1]})[0].tolist() == action[:1].tolist()
     assert np.array_equal(PortableAgent(tmp_path / "n").act(obs), agent.act(obs))
-
-
-def test_an_altered_onnx_file_is_refused_by_the_portable_loader(tmp_path):
-    from algos.core.rlpipe_agent import PortableAgent
-
-    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
-    factory = NetworkFactory("mlp", (8,))
-    agent = NetworkAgent.of(factory(obs_space, gym.spaces.Discrete(2)), factory, obs_space, 2)
-    save_agent(agent, tmp_path / "n", algo="dqn")
-    path = tmp_path / "n" / "model.onnx"
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(AgentFileError, match="model.onnx: its SHA-256 is not the one recorded"):
-        PortableAgent(tmp_path / "n")

@@ -83,6 +83,18 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
         assert logged.params == client.get_run(run.info.run_id).data.params
         assert [(m.step, m.value) for m in logged.metrics if m.key == "eval/score"] == [
             (step, score)]
+    # The held-out test: the best agent on seeds no evaluation played, once, at the run's
+    # last step, linked to the best model and in its manifest.
+    evaluation = get_algorithm(composed.cfg.algo.name).evaluation(composed.cfg.algo)
+    assert len(evaluation["test_seeds"]) == len(evaluation["seeds"])
+    assert not set(evaluation["test_seeds"]) & set(evaluation["seeds"])
+    tested = client.get_metric_history(run.info.run_id, "test/score")
+    assert [m.step for m in tested] == [last]
+    assert [(m.step, m.value) for m in client.get_logged_model(ids["best"]).metrics
+            if m.key == "test/score"] == [(last, tested[0].value)]
+    _, manifest = load_logged_agent(f"models:/{ids['best']}", uri)
+    assert manifest["test"]["test/score"] == tested[0].value
+    assert manifest["evaluation"]["test_seeds"] == evaluation["test_seeds"]
     history = client.get_metric_history(run.info.run_id, "eval/score")
     assert [(m.step, m.value) for m in history] == [
         (r["step"], r["eval/score"]) for r in reporter.reports]

@@ -109,3 +109,26 @@ def test_the_iqm_is_scipys_trimmed_mean_at_a_quarter():
     for n in range(1, 12):
         x = rng.normal(size=(3, n))
         assert np.allclose(iqm(x), stats.trim_mean(x, 0.25, axis=-1))
+
+
+def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide():
+    # Ranked by the last evaluation (b first); each trial's test/score on held-out seeds
+    # is its own row, whatever the sweep metric's mode, and shown beside the winner.
+    from pipelines.display import best_lines
+
+    a = [trial("taxi", "lr=a", s, v) for s, v in enumerate([1, 2, 3, 4])]
+    b = [trial("taxi", "lr=b", s, v) for s, v in enumerate([5, 6, 7, 8])]
+    for t, held_out in zip(a + b, [1, 1, 1, 1, 2, 3, 4, 100], strict=True):
+        t.test = held_out
+    b[0].test = math.nan  # not tested (a run that ended before its models were logged)
+    rows = summarize(a + b, "min")
+    test = {r.config: r for r in rows if r.at == "test"}
+    # (three values: a quarter of 3 rounds to none cut, the IQM is their mean)
+    assert test["lr=b"].n == 3 and test["lr=b"].iqm == pytest.approx((3 + 4 + 100) / 3)
+    assert test["lr=a"].rank == 1 and test["lr=b"].rank == 2  # the ranking's, not theirs
+    assert winners(rows)["taxi"].config == "lr=a"
+    assert "on held-out seeds, test/score IQM 1 " in best_lines(rows)[0]
+    assert "held-out test/score IQM [CI]" in format_table(rows, "loss/td")
+    untested = summarize([trial("taxi", "x", 0, 1.0)], "max")
+    assert [r.at for r in untested] == ["last", "best"]
+    assert "held-out" not in format_table(untested, "eval/score")

@@ -178,9 +178,10 @@ def test_a_package_holds_what_the_course_pushes_to_the_hub(registered, mlflow_se
     run = client.get_run(version.run_id)
     env_id = "FrozenLake-v1-4x4-no_slippery" if "frozenlake" in name else "CartPole-v1"
     assert results["env_id"] == env_id
-    # played greedily on the run's own evaluation seeds, as its evaluations were
+    # played greedily on the run's held-out seeds, which none of its evaluations played
     manifest = json.loads((folder / "data" / "agent" / "agent.json").read_text())
-    assert results["eval_seeds"] == manifest["evaluation"]["seeds"]
+    assert results["eval_seeds"] == manifest["evaluation"]["test_seeds"]
+    assert not set(results["eval_seeds"]) & set(manifest["evaluation"]["seeds"])
     assert results["n_evaluation_episodes"] == len(manifest["evaluation"]["seeds"])
     assert results["score"] == pytest.approx(results["mean_reward"] - results["std_reward"])
     assert results["source_run_id"] == run.info.run_id

@@ -17,6 +17,17 @@ import numpy as np
 
 from algos.core.envs import EnvConfig, make_vector_env
 
+TEST_SEED = 10_000_000
+"""Where the held-out seeds start (above every evaluation seed: they start there or right
+after the largest evaluation seed)."""
+
+
+def held_out_seeds(seeds: Sequence[int]) -> list[int]:
+    """As many reset seeds as `seeds`, none of them among `seeds`: the held-out test of a
+    run whose evaluations (and so its best-agent selection) played `seeds`."""
+    start = max(TEST_SEED, max(seeds, default=-1) + 1)
+    return list(range(start, start + len(seeds)))
+
 
 class SeedRange:
     """Config mixin: evaluation episodes reset with seeds eval_seed, eval_seed + 1, ...,

@@ -3,7 +3,8 @@ ray.rllib.utils.metrics). The pipelines' own series (a sweep's perf/* timings, i
 summary's best/<env>/*) are named where they are made.
 
 The prefix says what a series is: `train/` what training did, `eval/` the evaluations,
-`loss/` the learner's losses, `perf/` throughput. Every step is env steps sampled so far.
+`test/` the best agent on held-out seeds, `loss/` the learner's losses, `perf/`
+throughput. Every step is env steps sampled so far.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ EVAL_STD_RETURN = "eval/std_return"
 """Standard deviation of the evaluation episodes' returns."""
 EVAL_SCORE = "eval/score"
 """mean - std of the evaluation returns: the course's pass figure (see score)."""
+
+TEST_PREFIX = "test/"
+"""The prefix of the held-out test: the run's best agent played once, at the run's end,
+on seeds that no evaluation played (so no selection saw them)."""
+TEST_MEAN_RETURN = "test/mean_return"
+"""Mean return of the best agent on the held-out seeds."""
+TEST_STD_RETURN = "test/std_return"
+"""Standard deviation of those returns."""
+TEST_SCORE = "test/score"
+"""mean - std on the held-out seeds: the figure a run, a sweep and the registry report."""
 
 TD_LOSS = "loss/td"
 """The value learner's loss (mean squared TD error for Q-learning, Huber or MSE for DQN)."""

@@ -105,6 +105,17 @@ class BestEvaluation:
         return cls(**state) if state else cls()
 
 
+def _takes_agent(reporter: Any) -> bool:
+    """Whether the reporter's report() takes the keyword `agent`."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(reporter.report).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "agent" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 class Reports:
     """When a run reports, what every report does, and what it counts in between.
 
@@ -132,7 +143,8 @@ class Reports:
         self.reporter = reporter or NullReporter()
         self.every, self.total = every, total
         self.evaluate, self.weights = evaluate, weights
-        self.agent = agent
+        # A reporter written before report() took `agent` (a notebook's) gets none.
+        self.agent = agent if _takes_agent(self.reporter) else None
         """Builds the agent as it is now (Reporter.report's `agent`)."""
         self.next = (position // every + 1) * every
         """The budget position of the next report (after `position`, where a resumed run
@@ -196,7 +208,8 @@ class Reports:
             self.next += self.every
         self.reporter.report(step, out, history={m.EPISODE_RETURN: self.returns},
                              state={**checkpoint, "best": self.best.state(), "metrics": out},
-                             final=position >= self.total, agent=self.agent)
+                             final=position >= self.total,
+                             **({"agent": self.agent} if self.agent else {}))
         self.metrics, self.returns = out, []
         self.steps = self.updates = 0
         self.started = time.perf_counter()  # evaluating and reporting are not training
