@@ -43,7 +43,8 @@ class QLearningConfig:
 
     def __post_init__(self) -> None:
         at_least(self, "episodes", 1)
-        positive(self, "lr", "max_steps", "eval_episodes", "report_every")
+        self.check_lr()
+        positive(self, "max_steps", "eval_episodes", "report_every")
         in_range(self, "gamma", 0.0, 1.0, low_open=True)
         for key in ("epsilon_start", "epsilon_end"):
             in_range(self, key, 0.0, 1.0)
@@ -60,6 +61,29 @@ class QLearningConfig:
         return list(self.eval_seeds) if self.eval_seeds is not None else list(
             range(self.eval_episodes)
         )
+
+    def check_lr(self) -> None:
+        """lr > 0."""
+        positive(self, "lr")
+
+
+@dataclass
+class MonteCarloConfig(QLearningConfig):
+    """Hyperparameters of tabular Monte Carlo control (course unit 2): Q-learning's acting,
+    evaluation and budget, the update at the end of each episode."""
+
+    name: str = "monte_carlo"
+    """The implementation, as registered in algos.registry."""
+    lr: float | None = 0.1  # type: ignore[assignment]  # (Q-learning's is never null)
+    """Step size of the update Q(s, a) <- Q(s, a) + lr (G - Q(s, a)), in (0, 1] (the
+    course's worked example uses 0.1); null: the sample average, 1 / N(s, a)."""
+    first_visit: bool = False
+    """Update a pair once per episode, at its first visit; false: at every visit."""
+
+    def check_lr(self) -> None:
+        """lr in (0, 1], or null."""
+        if self.lr is not None:
+            in_range(self, "lr", 0.0, 1.0, low_open=True)
 
 
 @dataclass

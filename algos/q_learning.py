@@ -51,7 +51,7 @@ def check_spaces(env: gym.Env) -> tuple[int, int]:
     obs, act = env.observation_space, env.action_space
     if not isinstance(obs, gym.spaces.Discrete) or not isinstance(act, gym.spaces.Discrete):
         raise ValueError(
-            f"tabular Q-learning needs discrete observations and actions; "
+            f"a Q-table needs discrete observations and actions; "
             f"{env.spec.id if env.spec else env} has {obs} and {act}"
         )
     return int(obs.n), int(act.n)
@@ -141,12 +141,18 @@ class TabularRun:
                 "env_steps": self.env_steps, "rng": generator_state(self.rng),
                 "env_rng": generator_state(self.env.unwrapped.np_random)}
 
-    def play_episode(self, epsilon: float, lr: float, gamma: float) -> tuple[float, int, float]:
-        """One training episode, epsilon-greedy, with a TD update after every step:
-        (its return, its steps, the sum of its squared TD errors)."""
-        table, step = self.table, self.step_env
+    def actions(self, epsilon: float) -> tuple[list[bool], list[int]]:
+        """An episode's exploration draws, made up front (one generator call each): per
+        step, whether to explore, and the random action if so."""
         explore = (self.rng.random(self.cap) <= epsilon).tolist()
-        random_actions = self.rng.integers(self.n_actions, size=self.cap).tolist()
+        return explore, self.rng.integers(self.n_actions, size=self.cap).tolist()
+
+    def play_episode(self, epsilon: float, cfg: Any) -> tuple[float, int, float, int]:
+        """One training episode, epsilon-greedy, with a TD update after every step:
+        (its return, its steps, the sum of its squared TD errors, its updates)."""
+        lr, gamma = cfg.lr, cfg.gamma
+        table, step = self.table, self.step_env
+        explore, random_actions = self.actions(epsilon)
         s, _ = self.env.reset()
         total = sq_td = 0.0
         steps = 0
@@ -162,35 +168,43 @@ class TabularRun:
             s = s2
         self.episode += 1
         self.env_steps += steps
-        return float(total), steps, sq_td
+        return float(total), steps, sq_td, steps
 
 
 def train(cfg: QLearningConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | None = None,
           state: Mapping[str, Any] | None = None) -> QLearningResult:
     """Train a Q-table; continue from a checkpoint `state` when one is given."""
-    run = TabularRun(env_cfg, cfg.max_steps, seed, state)
+    return train_tabular(TabularRun(env_cfg, cfg.max_steps, seed, state), cfg, env_cfg,
+                         reporter, state, m.TD_LOSS)
+
+
+def train_tabular(run: TabularRun, cfg: Any, env_cfg: EnvConfig, reporter: Reporter | None,
+                  state: Mapping[str, Any] | None, loss: str) -> QLearningResult:
+    """The loop of the tabular methods (Q-learning, Monte Carlo): an episode at a time,
+    epsilon decayed per episode, `run.play_episode(epsilon, cfg)` learning as its method
+    does; the mean squared error of its updates reported as `loss`."""
     eval_seeds = cfg.evaluation_seeds()
     reports = Reports(reporter, cfg.report_every, cfg.episodes,
                       evaluate=lambda: evaluate(run.q_table(), env_cfg, eval_seeds, cfg),
                       weights=run.q_table, position=run.episode, state=state,
                       agent=lambda: TableAgent(run.q_table()))
-    sq_td = 0.0
+    sq_err = 0.0
     while run.episode < cfg.episodes:
         epsilon = exponential_epsilon(run.episode, cfg.epsilon_start, cfg.epsilon_end,
                                       cfg.epsilon_decay)
-        episode_return, steps, episode_sq_td = run.play_episode(epsilon, cfg.lr, cfg.gamma)
+        episode_return, steps, episode_sq_err, updates = run.play_episode(epsilon, cfg)
         # A NaN reward or a diverged value: stop at the episode it happened in.
-        check_finite(run.env_steps, {m.TD_LOSS: episode_sq_td})
-        sq_td += episode_sq_td
+        check_finite(run.env_steps, {loss: episode_sq_err})
+        sq_err += episode_sq_err
         reports.episode(run.env_steps, episode_return)
-        reports.count(run.env_steps, run.episode, steps, updates=steps)
+        reports.count(run.env_steps, run.episode, steps, updates=updates)
         if reports.due(run.episode):
             reports.report(run.env_steps, run.episode, {
                 m.EPISODES: float(run.episode),
                 m.EPSILON: epsilon,
                 m.Q_MEAN: float(np.mean(run.table)),
-                m.TD_LOSS: sq_td / max(reports.updates, 1),
+                loss: sq_err / max(reports.updates, 1),
             }, run.state())
-            sq_td = 0.0
+            sq_err = 0.0
     run.env.close()
     return QLearningResult(q_table=run.q_table(), metrics=reports.metrics, best=reports.best)

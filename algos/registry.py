@@ -106,6 +106,15 @@ ALGORITHMS: dict[str, Algorithm] = {
         mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
         reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, m.TD_LOSS),
     ),
+    "monte_carlo": Algorithm(
+        name="monte_carlo",
+        module="algos.monte_carlo",
+        config_class=configs.MonteCarloConfig,
+        agent=TableAgent,
+        budget=("episodes", EPISODES),
+        mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
+        reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, m.MC_LOSS),
+    ),
     "dqn": Algorithm(
         name="dqn",
         module="algos.dqn",

@@ -51,6 +51,8 @@ TEST_SCORE = "test/score"
 
 TD_LOSS = "loss/td"
 """The value learner's loss (mean squared TD error for Q-learning, Huber or MSE for DQN)."""
+MC_LOSS = "loss/mc"
+"""Monte Carlo control's mean squared error G - Q(s, a) of its updates."""
 POLICY_LOSS = "loss/policy"
 """REINFORCE's loss, -(1/m) sum G_t log pi(a_t | s_t)."""
 
