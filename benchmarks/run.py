@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = [
     "benchmarks.q_learning_taxi",
+    "benchmarks.tabular_optimum",
     "benchmarks.sweep_efficiency",
     "benchmarks.pbt",
     "benchmarks.cluster_scale",

@@ -128,10 +128,20 @@ def test_frozenlake_course_settings_solve_the_lake():
     assert result.metrics["eval/mean_return"] == 1.0
 
 
-def test_taxi_course_settings_pass_the_course_mark():
+def test_taxi_course_settings_pass_the_course_mark_and_98_percent_of_the_optimum():
+    from algos.core.agents import TableAgent
+    from algos.core.envs import make_env
+    from algos.core.evaluation import play_episodes
+    from algos.core.optimum import optimal_q_table
+
     algo, env = course("taxi_course")
     result = train(algo, env, seed=0)
     assert result.metrics["eval/score"] >= 4.5, result.metrics
     assert result.metrics["eval/score"] == pytest.approx(
         result.metrics["eval/mean_return"] - result.metrics["eval/std_return"]
     )
+    # The optimal policy (value iteration on Taxi's known model) on the same seeds and cap.
+    optimum = TableAgent(optimal_q_table(make_env(env), algo.gamma))
+    best, _, _ = play_episodes(env, algo.evaluation_seeds(), optimum.act, algo.max_steps)
+    assert best == pytest.approx(7.56)
+    assert result.metrics["eval/mean_return"] >= 0.98 * best, result.metrics
