@@ -96,25 +96,19 @@ class Algorithm:
                 "max_steps": getattr(cfg, "max_steps", None)}
 
 
+def _tabular(name: str, config_class: type, loss: str) -> Algorithm:
+    """A tabular method (algos/q_learning.py's loop): a Q-table agent, a budget of
+    episodes, the same mutable keys and reports but for its loss."""
+    return Algorithm(
+        name=name, module=f"algos.{name}", config_class=config_class, agent=TableAgent,
+        budget=("episodes", EPISODES), mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
+        reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, loss),
+    )
+
+
 ALGORITHMS: dict[str, Algorithm] = {
-    "q_learning": Algorithm(
-        name="q_learning",
-        module="algos.q_learning",
-        config_class=configs.QLearningConfig,
-        agent=TableAgent,
-        budget=("episodes", EPISODES),
-        mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
-        reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, m.TD_LOSS),
-    ),
-    "monte_carlo": Algorithm(
-        name="monte_carlo",
-        module="algos.monte_carlo",
-        config_class=configs.MonteCarloConfig,
-        agent=TableAgent,
-        budget=("episodes", EPISODES),
-        mutable=("lr", "gamma", "epsilon_end", "epsilon_decay"),
-        reports=(m.EPISODES, m.EPSILON, m.Q_MEAN, m.MC_LOSS),
-    ),
+    "q_learning": _tabular("q_learning", configs.QLearningConfig, m.TD_LOSS),
+    "monte_carlo": _tabular("monte_carlo", configs.MonteCarloConfig, m.MC_LOSS),
     "dqn": Algorithm(
         name="dqn",
         module="algos.dqn",
