@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.stats import CONFIDENCE, Row, Trial, groups, winners
+from pipelines.stats import CONFIDENCE, Row, Trial, groups, held_out_metric, winners
 
 CURVE_POINTS = 100
 
@@ -37,7 +37,8 @@ def format_table(rows: Sequence[Row], metric: str) -> str:
                      f"({CONFIDENCE:.0%} bootstrap CI)")
         lines.append(f"  {'#':>2}  {'config':{width}}  {'n':>3}  {'IQM [CI]':27}"
                      f"{'mean ± std':19}{'median':>8}   {'best-of-run IQM [CI]':27}"
-                     + ("held-out test/score IQM [CI]" if test else "").rstrip())
+                     + (f"held-out {held_out_metric(metric)} IQM [CI]" if test else "")
+                     .rstrip())
         for r in last:
             b, t = best[r.config], test.get(r.config)
             n = f"{r.n}" + ("*" if r.unfinished else "") + (f"+{r.failed}!" if r.failed else "")
@@ -54,15 +55,16 @@ def format_table(rows: Sequence[Row], metric: str) -> str:
     return "\n".join(lines)
 
 
-def best_lines(rows: Sequence[Row], ui_run=None) -> list[str]:
+def best_lines(rows: Sequence[Row], ui_run=None, metric: str = "eval/score") -> list[str]:
     """One line per env: its best configuration, IQM [CI] over n seeds, its held-out
-    test/score IQM [CI] (the figure its selection did not see), the run to open."""
+    figure's IQM [CI] (held_out_metric of `metric`: what its selection did not see), the
+    run to open."""
     out = []
     tested = {(r.env, r.config): r for r in rows if r.at == "test"}
     for env, r in winners(rows).items():
         where = ui_run(r.top_run_id) if ui_run else r.top_run_id
         test = tested.get((env, r.config))
-        held_out = (f"; on held-out seeds, test/score IQM {_num(test.iqm)} "
+        held_out = (f"; on held-out seeds, {held_out_metric(metric)} IQM {_num(test.iqm)} "
                     f"{_ci(test.iqm_low, test.iqm_high)}" if test else "")
         out.append(f"Best on {env}: {r.config}: IQM {_num(r.iqm)} {_ci(r.iqm_low, r.iqm_high)}"
                    f" over {r.n} seed(s){held_out}; its best run (seed {r.top_seed}): {where}")

@@ -66,7 +66,7 @@ class Trial:
     curve: list[tuple[int, float]] = field(default_factory=list)
     """The sweep metric's points (step, value), in step order."""
     test: float = math.nan
-    """Its best agent's test/score on the held-out seeds (NaN: none yet)."""
+    """Its best agent's figure on the held-out seeds (held_out_metric; NaN: none yet)."""
 
     def finite(self) -> list[float]:
         """The curve's finite values."""
@@ -93,7 +93,7 @@ class Row:
     config: str
     at: str
     """last (each trial's last report), best (each trial's best), or test (each trial's
-    best agent's test/score on the held-out seeds, whatever the sweep metric)."""
+    best agent on the held-out seeds: held_out_metric of the sweep metric)."""
     n: int
     """Trials with a finite value."""
     unfinished: int
@@ -151,6 +151,16 @@ def groups(trials: Iterable[Trial]) -> dict[str, dict[str, list[Trial]]]:
     return out
 
 
+def held_out_metric(metric: str) -> str:
+    """The held-out test's figure beside a sweep metric: the same figure (eval/<x> ->
+    test/<x>) for an evaluation metric, else test/score."""
+    from algos.core.metrics import EVAL_PREFIX, TEST_PREFIX, TEST_SCORE
+
+    if metric.startswith(EVAL_PREFIX):
+        return TEST_PREFIX + metric[len(EVAL_PREFIX):]
+    return TEST_SCORE
+
+
 def summarize(trials: Sequence[Trial], mode: str) -> list[Row]:
     """Rows per (env, configuration): last and best, and test where its trials were
     tested; ranked within each env by IQM at the last report (a configuration with no
@@ -161,7 +171,7 @@ def summarize(trials: Sequence[Trial], mode: str) -> list[Row]:
                 for c, ts in configs.items()]
         best = {c: _row(env, c, "best", ts, [t.best(mode) for t in ts], mode)
                 for c, ts in configs.items()}
-        test = {c: _row(env, c, "test", ts, [t.test for t in ts], "max")
+        test = {c: _row(env, c, "test", ts, [t.test for t in ts], mode)
                 for c, ts in configs.items()}
         sign = -1 if mode == "max" else 1
         last.sort(key=lambda r: (not math.isfinite(r.iqm), sign * r.iqm

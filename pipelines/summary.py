@@ -17,12 +17,11 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from algos.core.metrics import TEST_SCORE
 from pipelines.display import best_lines, format_table, plot_curves, plot_iqm
 from pipelines.lineage import LINEAGE_FILE, record_population
 from pipelines.private_api import TABLE_ARTIFACTS_TAG
 from pipelines.space import CONFIG_TAG, config_label
-from pipelines.stats import Row, Trial, summarize, winners
+from pipelines.stats import Row, Trial, held_out_metric, summarize, winners
 
 
 def _config_of(run) -> str:
@@ -65,7 +64,7 @@ def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str,
         trials.append(Trial(
             run_id=run.info.run_id, env=run.data.tags.get("env", "?"), config=_config_of(run),
             seed=run.data.tags.get("seed", "?"), status=run.info.status, curve=curve,
-            test=run.data.metrics.get(TEST_SCORE, math.nan)))
+            test=run.data.metrics.get(held_out_metric(metric), math.nan)))
     return trials
 
 
@@ -132,7 +131,7 @@ def summarize_sweep(logger, experiment_id: str, metric: str, mode: str,
         return rows, f"No trial of this sweep has reported {metric} yet."
     population = record_population(logger, runs, metric)  # a PBT sweep's lineage
     record(logger, rows, trials, metric, [LINEAGE_FILE] if population else [])
-    text = format_table(rows, metric) + "\n" + "\n".join(best_lines(rows, ui_run))
+    text = format_table(rows, metric) + "\n" + "\n".join(best_lines(rows, ui_run, metric))
     return rows, text
 
 

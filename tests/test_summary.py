@@ -112,9 +112,15 @@ def test_the_iqm_is_scipys_trimmed_mean_at_a_quarter():
 
 
 def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide():
-    # Ranked by the last evaluation (b first); each trial's test/score on held-out seeds
-    # is its own row, whatever the sweep metric's mode, and shown beside the winner.
+    # Ranked by the last report (a first, mode min); each trial's held-out figure is its
+    # own row, shown beside the winner: the same figure as the sweep metric where that is
+    # an evaluation's (eval/x -> test/x), else test/score.
     from pipelines.display import best_lines
+    from pipelines.stats import held_out_metric
+
+    assert held_out_metric("eval/mean_return") == "test/mean_return"
+    assert held_out_metric("eval/score") == "test/score"
+    assert held_out_metric("loss/td") == "test/score"
 
     a = [trial("taxi", "lr=a", s, v) for s, v in enumerate([1, 2, 3, 4])]
     b = [trial("taxi", "lr=b", s, v) for s, v in enumerate([5, 6, 7, 8])]
