@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.common import table, timed, write
 
-EXPERIMENTS = ("frozenlake_course", "taxi_course")
+EXPERIMENTS = ("frozenlake_course", "frozenlake_slippery", "taxi_course")
 VARIANTS = {
     "q_learning": [],
     # Monte Carlo with the experiment's schedule and budget; its own default step size
