@@ -161,17 +161,26 @@ def held_out_metric(metric: str) -> str:
     return TEST_SCORE
 
 
-def summarize(trials: Sequence[Trial], mode: str) -> list[Row]:
+def held_out_mode(metric: str, mode: str) -> str:
+    """The direction the held-out figure beside `metric` is better in: the sweep's for an
+    evaluation metric (its own figure), else max (test/score)."""
+    from algos.core.metrics import EVAL_PREFIX
+
+    return mode if metric.startswith(EVAL_PREFIX) else "max"
+
+
+def summarize(trials: Sequence[Trial], mode: str, test_mode: str | None = None) -> list[Row]:
     """Rows per (env, configuration): last and best, and test where its trials were
     tested; ranked within each env by IQM at the last report (a configuration with no
-    finite value ranks last). The test row is what the ranking did not see."""
+    finite value ranks last). The test row is what the ranking did not see; its best run
+    is picked by `test_mode` (held_out_mode; None: `mode`)."""
     rows: list[Row] = []
     for env, configs in sorted(groups(trials).items()):
         last = [_row(env, c, "last", ts, [t.last() for t in ts], mode)
                 for c, ts in configs.items()]
         best = {c: _row(env, c, "best", ts, [t.best(mode) for t in ts], mode)
                 for c, ts in configs.items()}
-        test = {c: _row(env, c, "test", ts, [t.test for t in ts], mode)
+        test = {c: _row(env, c, "test", ts, [t.test for t in ts], test_mode or mode)
                 for c, ts in configs.items()}
         sign = -1 if mode == "max" else 1
         last.sort(key=lambda r: (not math.isfinite(r.iqm), sign * r.iqm

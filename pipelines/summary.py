@@ -21,7 +21,7 @@ from pipelines.display import best_lines, format_table, plot_curves, plot_iqm
 from pipelines.lineage import LINEAGE_FILE, record_population
 from pipelines.private_api import TABLE_ARTIFACTS_TAG
 from pipelines.space import CONFIG_TAG, config_label
-from pipelines.stats import Row, Trial, held_out_metric, summarize, winners
+from pipelines.stats import Row, Trial, held_out_metric, held_out_mode, summarize, winners
 
 
 def _config_of(run) -> str:
@@ -126,7 +126,7 @@ def summarize_sweep(logger, experiment_id: str, metric: str, mode: str,
     return the rows and the text to print."""
     runs = child_runs(logger.client, experiment_id, logger.run_id)
     trials = fetch_trials(logger.client, experiment_id, logger.run_id, metric, runs)
-    rows = summarize(trials, mode)
+    rows = summarize(trials, mode, held_out_mode(metric, mode))
     if not rows:
         return rows, f"No trial of this sweep has reported {metric} yet."
     population = record_population(logger, runs, metric)  # a PBT sweep's lineage

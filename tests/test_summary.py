@@ -116,7 +116,7 @@ def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide(
     # own row, shown beside the winner: the same figure as the sweep metric where that is
     # an evaluation's (eval/x -> test/x), else test/score.
     from pipelines.display import best_lines
-    from pipelines.stats import held_out_metric
+    from pipelines.stats import held_out_metric, held_out_mode
 
     assert held_out_metric("eval/mean_return") == "test/mean_return"
     assert held_out_metric("eval/score") == "test/score"
@@ -132,6 +132,11 @@ def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide(
     # (three values: a quarter of 3 rounds to none cut, the IQM is their mean)
     assert test["lr=b"].n == 3 and test["lr=b"].iqm == pytest.approx((3 + 4 + 100) / 3)
     assert test["lr=a"].rank == 1 and test["lr=b"].rank == 2  # the ranking's, not theirs
+    # ranked by a loss (min), the held-out figure is test/score, better high: the test
+    # row's best run is the one that scored 100, not the lowest
+    assert held_out_mode("loss/td", "min") == "max" and held_out_mode("eval/x", "min") == "min"
+    top = {r.config: r for r in summarize(a + b, "min", "max") if r.at == "test"}
+    assert top["lr=b"].top_run_id == b[3].run_id and test["lr=b"].top_run_id == b[1].run_id
     assert winners(rows)["taxi"].config == "lr=a"
     assert "on held-out seeds, test/score IQM 1 " in best_lines(rows)[0]
     assert "held-out test/score IQM [CI]" in format_table(rows, "loss/td")
