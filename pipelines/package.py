@@ -45,7 +45,6 @@ LIBRARY = "rlpipe"
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 """<user or organization>/<name>, as the Hub allows them (huggingface_hub's
 validate_repo_id checks the rest: no '--' or '..', no trailing '.git')."""
-ALGO_TAGS = {"q_learning": "q-learning", "dqn": "dqn", "reinforce": "reinforce"}
 
 
 def check_target(cfg) -> Path:
@@ -108,7 +107,7 @@ def model_card(manifest: dict[str, Any], results: dict[str, Any], repo_id: str |
 
     env = results["env_id"]
     algo = manifest["algo"]
-    tag = ALGO_TAGS.get(algo, algo.replace("_", "-"))
+    tag = algo.replace("_", "-")  # the Hub's tag: q-learning, monte-carlo, dqn, ...
     metadata = metadata_eval_result(
         model_pretty_name=f"{tag}-{env}", task_pretty_name="reinforcement-learning",
         task_id="reinforcement-learning", metrics_pretty_name="mean_reward",

@@ -194,6 +194,7 @@ def test_a_package_holds_what_the_course_pushes_to_the_hub(registered, mlflow_se
         f"{results['mean_reward']:.2f} +/- {results['std_reward']:.2f}")
     assert meta["library_name"] == "rlpipe" and env_id in meta["tags"]
     assert {"reinforcement-learning", "custom-implementation"} <= set(meta["tags"])
+    assert ("q-learning" if "frozenlake" in name else "reinforce") in meta["tags"]
     assert json.loads((folder / "hyperparameters.json").read_text()) == run.data.params
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(folder / "replay.mp4"))
     assert frames >= 2
