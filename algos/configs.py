@@ -199,7 +199,9 @@ class ReinforceConfig(SeedRange):
     episodes_per_update: int = 1
     """m: episodes averaged in one gradient estimate."""
     lr: float = 1e-2
-    """Adam's learning rate."""
+    """Adam's learning rate (at the start, with lr_end)."""
+    lr_end: float | None = None
+    """Learning rate at the last episode, reached linearly from lr (null: lr throughout)."""
     gamma: float = 1.0
     """Discount factor."""
     max_steps: int = 1_000
@@ -235,6 +237,8 @@ class ReinforceConfig(SeedRange):
         in_range(self, "gamma", 0.0, 1.0, low_open=True)
         at_least(self, "num_rollout_workers", 0)
         at_least(self, "max_worker_restarts", 0)
+        if self.lr_end is not None:
+            at_least(self, "lr_end", 0.0)
         one_of(self, "network", ("auto", "mlp", "cnn"))
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")

@@ -122,7 +122,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         module="algos.reinforce",
         config_class=configs.ReinforceConfig,
         budget=("episodes", EPISODES),
-        mutable=("lr", "gamma", "episodes_per_update"),
+        mutable=("lr", "lr_end", "gamma", "episodes_per_update"),
         reports=(m.EPISODES, m.POLICY_LOSS, m.ENTROPY, m.WORKERS_PER_UPDATE,
                  m.WORKER_RESTARTS),
     ),

@@ -7,7 +7,8 @@ plays m full episodes; each step's discounted return-to-go
 
 is optionally standardized within its episode (the course does), and the policy steps
 with the estimate (1/m) * sum over episodes of sum_t G_t * grad log pi(a_t | s_t):
-gradient ascent on the expected return, written as descent on its negative, with Adam.
+gradient ascent on the expected return, written as descent on its negative, with Adam
+(its learning rate constant, or decaying linearly to `lr_end` at the last episode).
 An optional baseline subtracts the batch's mean return-to-go first (off by default, so the
 course's algorithm is what runs). The m episodes of an update are sampled by the rollout
 workers at once (with 0 workers, in the learner), always with the current weights.
@@ -36,6 +37,7 @@ from algos.core.networks import (
     set_lr,
 )
 from algos.core.reporting import Reporter, Reports
+from algos.core.schedules import linear
 from algos.core.workers import WorkerPool
 
 
@@ -152,6 +154,8 @@ def train(cfg: ReinforceConfig, env_cfg: EnvConfig, seed: int, reporter: Reporte
     losses, entropies, sources = [], [], []
     try:
         while episode < cfg.episodes:
+            if cfg.lr_end is not None:
+                set_lr(optimizer, linear(episode, cfg.lr, cfg.lr_end, cfg.episodes))
             pool.set_weights(cpu_weights(policy))
             batches = pool.sample_episodes(min(cfg.episodes_per_update, cfg.episodes - episode),
                                            cfg.max_steps)

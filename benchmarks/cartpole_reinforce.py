@@ -123,9 +123,11 @@ class Watcher:
 
 
 def ours(workers: int, seed: int, max_seconds: float) -> dict:
-    """Our REINFORCE with `workers` rollout workers (m = max(1, workers))."""
+    """Our REINFORCE with `workers` rollout workers (m = max(1, workers)), on the course's
+    settings: the experiment's but for its two departures (gamma 0.99, the decay of lr)."""
     cfg = compose_config([
-        "experiment=cartpole_reinforce", f"algo.num_rollout_workers={workers}",
+        "experiment=cartpole_reinforce", "algo.gamma=1.0", "algo.lr_end=null",
+        f"algo.num_rollout_workers={workers}",
         f"algo.episodes_per_update={max(1, workers)}", f"algo.eval_every={EVAL_EVERY}",
         f"algo.eval_episodes={EVAL_EPISODES}"]).cfg
     watcher = Watcher(max_seconds)

@@ -71,10 +71,18 @@ def best_lines(rows: Sequence[Row], ui_run=None, metric: str = "eval/score") -> 
     return out
 
 
-def _grid_curves(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The trials' curves on one grid of steps (linear between reports), over the steps
-    every trial reached."""
-    curves = [[(s, v) for s, v in t.curve if math.isfinite(v)] for t in trials]
+def _by_episode(trials: Sequence[Trial]) -> bool:
+    """Whether every trial counts its budget in episodes and reported them at each point
+    of its curve (then its curve is drawn against episodes)."""
+    return all(t.episodes and all(s in t.episodes for s, _ in t.curve) for t in trials)
+
+
+def _grid_curves(trials: Sequence[Trial], by_episode: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The trials' curves on one grid of steps, or of episodes (linear between reports),
+    over the part every trial reached."""
+    curves = [[(t.episodes[s] if by_episode else s, v) for s, v in t.curve
+               if math.isfinite(v)] for t in trials]
     curves = [c for c in curves if c]
     if not curves:
         return None
@@ -86,7 +94,8 @@ def _grid_curves(trials: Sequence[Trial]) -> tuple[np.ndarray, np.ndarray] | Non
 
 def plot_curves(trials: Sequence[Trial], metric: str, path: Path) -> None:
     """Learning curves: per configuration the mean over seeds with a 95% bootstrap band,
-    against env steps; one panel per env."""
+    one panel per env, against episodes where every run there counts its budget in them
+    (tabular, REINFORCE), else against env steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,8 +105,9 @@ def plot_curves(trials: Sequence[Trial], metric: str, path: Path) -> None:
     envs = groups(trials)
     fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
     for ax, (env, configs) in zip(axes[0], sorted(envs.items()), strict=True):
+        by_episode = _by_episode([t for ts in configs.values() for t in ts])
         for config, ts in sorted(configs.items()):
-            grid = _grid_curves(ts)
+            grid = _grid_curves(ts, by_episode)
             if grid is None:
                 continue
             steps, values = grid
@@ -109,7 +119,7 @@ def plot_curves(trials: Sequence[Trial], metric: str, path: Path) -> None:
                                      confidence_level=CONFIDENCE,
                                      rng=np.random.default_rng(0)).confidence_interval
                 ax.fill_between(steps, ci.low, ci.high, alpha=0.2, color=line.get_color())
-        ax.set(title=env, xlabel="env steps", ylabel=metric)
+        ax.set(title=env, xlabel="episodes" if by_episode else "env steps", ylabel=metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -65,6 +65,9 @@ class Trial:
     status: str
     curve: list[tuple[int, float]] = field(default_factory=list)
     """The sweep metric's points (step, value), in step order."""
+    episodes: dict[int, float] = field(default_factory=dict)
+    """Training episodes at each step of `curve`, for a run whose budget counts episodes
+    (tabular, REINFORCE); empty for one that counts env steps."""
     test: float = math.nan
     """Its best agent's figure on the held-out seeds (held_out_metric; NaN: none yet)."""
 

@@ -51,6 +51,18 @@ def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
             return runs
 
 
+def _episodes(client, run) -> dict[int, float]:
+    """Training episodes at each reported step, for a run of an algorithm whose budget
+    counts episodes (the learning curves' x there); empty otherwise."""
+    from algos.core.metrics import EPISODES
+    from algos.registry import ALGORITHMS
+
+    algorithm = ALGORITHMS.get(run.data.tags.get("algo", ""))
+    if algorithm is None or algorithm.budget[1] != EPISODES:
+        return {}
+    return {p.step: p.value for p in client.get_metric_history(run.info.run_id, EPISODES)}
+
+
 def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str,
                  runs: list | None = None) -> list[Trial]:
     """The sweep's trials, read from its parent run's children (`runs`: already read)."""
@@ -64,6 +76,7 @@ def fetch_trials(client, experiment_id: str, parent_run_id: str, metric: str,
         trials.append(Trial(
             run_id=run.info.run_id, env=run.data.tags.get("env", "?"), config=_config_of(run),
             seed=run.data.tags.get("seed", "?"), status=run.info.status, curve=curve,
+            episodes=_episodes(client, run),
             test=run.data.metrics.get(held_out_metric(metric), math.nan)))
     return trials
 

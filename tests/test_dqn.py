@@ -146,12 +146,15 @@ def test_dqn_learns_cartpole_sampling_in_the_learner():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_dqn_keeps_cartpole_on_every_seed(seed):
-    # Seeds 1-4 beside seed 0 above (about 40 s each on one core): the final network of
-    # every seed 0-4 plays 475 or more; the RL Zoo reports 500 +- 0. With a constant
-    # learning rate seeds 0-9 ended at 181.6, 500, 500, 500, 500, 495.1, 500, 500, 500, 378.
-    cfg = compose_config(["experiment=cartpole_dqn"]).cfg
+@pytest.mark.parametrize("experiment,seed", [("cartpole_dqn", s) for s in (1, 2, 3, 4)]
+                         + [("cartpole_ddqn", s) for s in range(5)])
+def test_dqn_keeps_cartpole_on_every_seed(experiment, seed):
+    # Beside seed 0 of cartpole_dqn above (about 45 s each on one core): the final network
+    # of every seed 0-4 plays 475 or more; the RL Zoo reports 500 +- 0. With a constant
+    # learning rate cartpole_dqn's seeds 0-9 ended at 181.6, 500, 500, 500, 500, 495.1, 500,
+    # 500, 500, 378.
+    cfg = compose_config([f"experiment={experiment}"]).cfg
+    assert cfg.algo.double == (experiment == "cartpole_ddqn")
     reporter = MemoryReporter()
     train(cfg.algo, cfg.env, seed=seed, reporter=reporter)
     evals = [r["eval/mean_return"] for r in reporter.reports]

@@ -64,13 +64,23 @@ def test_the_estimate_averages_over_episodes():
     assert float(loss_one) == pytest.approx(float(loss_two))
 
 
-@pytest.mark.slow  # 40 s; REINFORCE sweeps and trains in test_pipeline by default
-def test_reinforce_reaches_the_course_pass_mark_on_cartpole():
+def final_score(seed: int) -> tuple[float, list[int]]:
+    """cartpole_reinforce trained on `seed`: its last evaluation's score, and every one."""
     cfg = compose_config(["experiment=cartpole_reinforce"]).cfg
     reporter = MemoryReporter()
-    train(cfg.algo, cfg.env, seed=0, reporter=reporter)
-    best = max(r["eval/score"] for r in reporter.reports)
-    assert best >= 350, [round(r["eval/score"]) for r in reporter.reports]
+    train(cfg.algo, cfg.env, seed=seed, reporter=reporter)
+    scores = [r["eval/score"] for r in reporter.reports]
+    return scores[-1], [round(s) for s in scores]
+
+
+@pytest.mark.slow  # 3 minutes; REINFORCE sweeps and trains in test_pipeline by default
+def test_reinforce_keeps_the_course_pass_mark_on_cartpole_on_every_seed():
+    # The policy it ends with, not its best: the final evaluation passes the course's mark
+    # (350) on seeds 0-4 and reaches 475 on four of them. With the course's constant lr
+    # and gamma 1 seeds 0 and 1 ended at 161.9 and 147.9 after peaks of 500.
+    finals = {seed: final_score(seed) for seed in range(5)}
+    assert all(score >= 350 for score, _ in finals.values()), finals
+    assert sum(score >= 475 for score, _ in finals.values()) >= 4, finals
 
 
 def test_with_two_rollout_workers_each_update_averages_episodes_from_both(ray_session):

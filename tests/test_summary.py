@@ -143,3 +143,22 @@ def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide(
     untested = summarize([trial("taxi", "x", 0, 1.0)], "max")
     assert [r.at for r in untested] == ["last", "best"]
     assert "held-out" not in format_table(untested, "eval/score")
+
+
+def test_curves_of_runs_that_count_episodes_are_drawn_against_episodes():
+    from pipelines.display import _by_episode, _grid_curves
+
+    # Two seeds reporting at the same episodes (100, 200) after different env steps.
+    a = trial("FrozenLake-v1", "algo=monte_carlo", 0, 0.2, 0.6)
+    b = trial("FrozenLake-v1", "algo=monte_carlo", 1, 0.4, 1.0)
+    b.curve = [(700, 0.4), (1500, 1.0)]
+    a.episodes, b.episodes = {1000: 100.0, 2000: 200.0}, {700: 100.0, 1500: 200.0}
+    assert _by_episode([a, b])
+    x, values = _grid_curves([a, b], by_episode=True)
+    assert (x[0], x[-1]) == (100.0, 200.0)
+    assert values[:, 0].tolist() == [0.2, 0.4] and values[:, -1].tolist() == [0.6, 1.0]
+    # Against env steps the grid is what both reached: 1000 to 1500.
+    x, _ = _grid_curves([a, b])
+    assert (x[0], x[-1]) == (1000.0, 1500.0)
+    # One run that counts env steps (no episodes) puts the whole panel on env steps.
+    assert not _by_episode([a, b, trial("FrozenLake-v1", "algo=dqn", 0, 0.1)])
