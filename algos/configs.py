@@ -79,6 +79,10 @@ class MonteCarloConfig(QLearningConfig):
     course's worked example uses 0.1); null: the sample average, 1 / N(s, a)."""
     first_visit: bool = False
     """Update a pair once per episode, at its first visit; false: at every visit."""
+    bootstrap_truncated: bool = True
+    """An episode cut by a time limit (the env's or max_steps), not ended by the env, gets
+    gamma^k max_a Q(s_cut, a) added to each return, for the rewards it never received (as
+    Q-learning bootstraps there; Pardo et al. 2018); false: its returns stop at the cut."""
 
     def check_lr(self) -> None:
         """lr in (0, 1], or null."""

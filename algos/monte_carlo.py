@@ -5,7 +5,7 @@ Acting is epsilon-greedy with the same exponential decay of epsilon per episode 
 Q-learning (algos/q_learning.py, whose loop, evaluation and checkpoints this shares).
 When an episode ends, each step's return
 
-    G_t = r_{t+1} + gamma r_{t+2} + ... (to the episode's end, or its step cap)
+    G_t = r_{t+1} + gamma r_{t+2} + ... + gamma^(T-t-1) r_T
 
 moves the estimate of the pair taken there toward it:
 
@@ -13,8 +13,14 @@ moves the estimate of the pair taken there toward it:
 
 at every visit of a pair (`first_visit=false`, the default) or at its first visit only;
 with `lr=null` the step is 1 / N(S_t, A_t), so Q is the sample average of the returns seen.
-Nothing is bootstrapped: the target is the return actually received (TD's target is
-r + gamma max Q(s', .), one step on).
+The target is the return actually received (TD's target is r + gamma max Q(s', .), one
+step on), but for an episode cut by a time limit (the env's, or `max_steps`) rather than
+ended by the env: the rewards after the cut were never received, and a return that stops
+there makes the pairs played just before it look nearly free (on Taxi, a bump against a
+wall late in a cut episode scores about -1, so the greedy policy learns to loop). With
+`bootstrap_truncated` (the default) such an episode's returns get gamma^(T-t)
+max_a Q(S_T, a) for what is missing, as Q-learning bootstraps at the cut (partial-episode
+bootstrapping, Pardo et al. 2018, "Time Limits in Reinforcement Learning").
 """
 
 from collections.abc import Mapping, Sequence
@@ -38,10 +44,11 @@ from algos.q_learning import (
 __all__ = ["check_spaces", "evaluate", "train", "episode_returns", "mc_update"]
 
 
-def episode_returns(rewards: Sequence[float], gamma: float) -> list[float]:
-    """G_t of each step t of an episode: the discounted sum of the rewards from t on."""
+def episode_returns(rewards: Sequence[float], gamma: float, tail: float = 0.0) -> list[float]:
+    """G_t of each step t of an episode: the discounted sum of the rewards from t on, and
+    of `tail`, the value of the state it was cut at (0: it ended)."""
     out = [0.0] * len(rewards)
-    g = 0.0
+    g = tail
     for t in range(len(rewards) - 1, -1, -1):
         g = rewards[t] + gamma * g
         out[t] = g
@@ -50,12 +57,13 @@ def episode_returns(rewards: Sequence[float], gamma: float) -> list[float]:
 
 def mc_update(table: list[list[float]], counts: list[list[int]],
               episode: Sequence[tuple[int, int, float]], gamma: float, lr: float | None,
-              first_visit: bool) -> tuple[float, int]:
-    """Update `table` in place from one episode of (state, action, reward) steps: each
-    visit's pair (or each pair's first visit) moves toward its return, by `lr` or by
-    1 / N(s, a) (`counts`, kept in place). Returns (the sum of the squared errors
-    G - Q(s, a) before each update, the number of updates)."""
-    returns = episode_returns([r for _, _, r in episode], gamma)
+              first_visit: bool, tail: float = 0.0) -> tuple[float, int]:
+    """Update `table` in place from one episode of (state, action, reward) steps and the
+    value `tail` of the state it was cut at (0: it ended): each visit's pair (or each
+    pair's first visit) moves toward its return, by `lr` or by 1 / N(s, a) (`counts`, kept
+    in place). Returns (the sum of the squared errors G - Q(s, a) before each update, the
+    number of updates)."""
+    returns = episode_returns([r for _, _, r in episode], gamma, tail)
     first: dict[tuple[int, int], int] = {}
     for t, (s, a, _) in enumerate(episode):
         first.setdefault((s, a), t)
@@ -93,15 +101,18 @@ class MonteCarloRun(TabularRun):
         explore, random_actions = self.actions(epsilon)
         s, _ = self.env.reset()
         episode: list[tuple[int, int, float]] = []
+        terminated = False
         for t in range(self.cap):
             a = random_actions[t] if explore[t] else greedy_action(table[s])
             s2, r, terminated, truncated, _ = step(a)
             episode.append((s, a, float(r)))
+            s = s2
             if terminated or truncated:
                 break
-            s = s2
+        # Cut by a time limit, not ended: what the missing rewards are worth from s.
+        tail = max(table[s]) if cfg.bootstrap_truncated and not terminated else 0.0
         sq_err, updates = mc_update(table, self.counts, episode, cfg.gamma, cfg.lr,
-                                    cfg.first_visit)
+                                    cfg.first_visit, tail)
         self.episode += 1
         self.env_steps += len(episode)
         return sum(r for _, _, r in episode), len(episode), sq_err, updates

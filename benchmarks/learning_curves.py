@@ -24,7 +24,10 @@ PASS_MARKS = {
     # experiment: (metric, the least value that passes, what the mark is)
     "frozenlake_course": (m.EVAL_MEAN_RETURN, 1.0, "solved: every evaluation episode"),
     "taxi_course": (m.EVAL_SCORE, 4.5, "the course's pass mark"),
+    "frozenlake_slippery": (m.EVAL_MEAN_RETURN, 0.717, "95% of the optimal policy's 0.755"),
+    "frozenlake_slippery_mc": (m.EVAL_MEAN_RETURN, 0.717, "95% of the optimal policy's 0.755"),
     "cartpole_dqn": (m.EVAL_MEAN_RETURN, 475.0, "CartPole's solved threshold"),
+    "cartpole_ddqn": (m.EVAL_MEAN_RETURN, 475.0, "CartPole's solved threshold"),
     "cartpole_reinforce": (m.EVAL_SCORE, 350.0, "the course's pass mark"),
 }
 

@@ -35,6 +35,7 @@ CASES = [
     (TRAIN, ["algo=monte_carlo", "algo.lr=0"], ["algo.lr", "(0.0, 1.0]"]),
     (TRAIN, ["algo=monte_carlo", "algo.first_visit=maybe"], ["algo.first_visit=maybe",
                                                             "not a valid bool"]),
+    (TRAIN, ["algo=reinforce", "env=cartpole", "algo.lr_end=-0.1"], ["algo.lr_end", ">= 0"]),
     (TRAIN, ["+env.kwargs.wind=3"], ["env.kwargs", "gym.make"]),
     (TRAIN, ["env=frozenlake", "env.kwargs.map_name=9x9"], ["env.kwargs=", "KeyError: '9x9'"]),
     (TRAIN, ["cluster=remote", "cluster.address=127.0.0.1:1"],

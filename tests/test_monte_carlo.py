@@ -19,6 +19,44 @@ def test_the_returns_of_a_hand_made_episode():
     assert episode_returns([-1.0, -1.0, 20.0], 1.0) == [18.0, 19.0, 20.0]
 
 
+def test_a_cut_episode_goes_on_with_the_value_of_the_state_it_was_cut_at():
+    # Two rewards of -1, cut (not ended) in a state worth -4, gamma 0.5:
+    # G_1 = -1 + 0.5 * -4 = -3, G_0 = -1 + 0.5 * -3 = -2.5 (without the tail: -1.5, -1).
+    assert episode_returns([-1.0, -1.0], 0.5, tail=-4.0) == [-2.5, -3.0]
+    table, counts = fresh()
+    mc_update(table, counts, [(0, 0, -1.0), (1, 1, -1.0)], 0.5, 1.0, False, tail=-4.0)
+    assert table[0][0] == -2.5 and table[1][1] == -3.0
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_only_an_episode_cut_by_the_step_cap_bootstraps(bootstrap):
+    # FrozenLake 4x4 not slippery, cap of 2 steps, greedy: from state 0 action 2 (right)
+    # to 1, then 2 (right) to 2, cut there. Q(2, .) is preset to [0, 0.5, 0, 0]: with the
+    # bootstrap G_1 = 0 + 0.9 * 0.5, G_0 = 0.9 * G_1; without it both are 0.
+    from algos.monte_carlo import MonteCarloRun
+
+    cfg = compose_and_check(["algo=monte_carlo", "env=frozenlake", "algo.max_steps=2",
+                             "algo.lr=1.0", "algo.gamma=0.9",
+                             f"algo.bootstrap_truncated={str(bootstrap).lower()}"]).cfg
+    run = MonteCarloRun(cfg.env, cfg.algo.max_steps, seed=0)
+    run.table[0][2] = run.table[1][2] = 0.01  # the greedy path: right, right
+    run.table[2][1] = 0.5
+    _, steps, _, _ = run.play_episode(0.0, cfg.algo)
+    assert steps == 2
+    tail = 0.9 * 0.5 if bootstrap else 0.0
+    assert run.table[1][2] == pytest.approx(tail)
+    assert run.table[0][2] == pytest.approx(0.9 * tail)
+    # An episode the env ends (at the goal) never bootstraps: 0 -> down to 4, down to 8,
+    # right to 9, down to 13, right to 14, right to 15, the goal (reward 1), no tail.
+    ended = MonteCarloRun(cfg.env, 99, seed=0)
+    for s, a in ((0, 1), (4, 1), (8, 2), (9, 1), (13, 2), (14, 2)):
+        ended.table[s][a] = 0.01
+    for row in ended.table[15:]:
+        row[:] = [7.0] * 4  # the goal's row: a bootstrap would show
+    ended.play_episode(0.0, cfg.algo)
+    assert ended.table[14][2] == pytest.approx(1.0)
+
+
 # An episode that visits (state 0, action 1) twice: steps (0,1,r=0), (2,0,r=0), (0,1,r=1).
 # gamma 0.5: G = [0.25, 0.5, 1].
 EPISODE = [(0, 1, 0.0), (2, 0, 0.0), (0, 1, 1.0)]
