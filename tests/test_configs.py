@@ -128,3 +128,19 @@ def test_pong_and_breakout_share_one_base_and_differ_only_in_the_game():
     assert {k: v for k, v in pong["env"].items() if k != "id"} == {
         k: v for k, v in breakout["env"].items() if k != "id"}
     assert (pong["env"]["id"], breakout["env"]["id"]) == ("ALE/Pong-v5", "ALE/Breakout-v5")
+
+
+def test_mc_vs_td_pairs_each_env_with_the_same_budget_and_evaluation_seeds():
+    # Monte Carlo's experiments change how it learns, never what it is measured on.
+    plan = plan_sweep(["sweep=mc_vs_td"])
+    assert plan.size == 30 and len(plan.trials) == 30
+    by_env: dict[str, dict[str, object]] = {}
+    for _, composed in plan.trials:
+        cfg = composed.cfg
+        measured = (cfg.algo.episodes, cfg.algo.gamma, cfg.algo.max_steps,
+                    tuple(cfg.algo.evaluation_seeds()), cfg.env)
+        by_env.setdefault(composed.choices["env"], {}).setdefault(cfg.algo.name, measured)
+        assert by_env[composed.choices["env"]][cfg.algo.name] == measured
+    assert set(by_env) == {"frozenlake", "frozenlake_slippery", "taxi"}
+    for env, algos in by_env.items():
+        assert algos["q_learning"] == algos["monte_carlo"], env

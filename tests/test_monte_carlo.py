@@ -121,6 +121,7 @@ def test_monte_carlo_is_registered_as_a_table_agent_with_its_own_loss():
     assert {"lr", "epsilon_end"} <= set(algorithm.mutable)
 
 
+@pytest.mark.slow  # 15 s; Q-learning's entry points run in the default suite
 def test_train_and_evaluate_run_monte_carlo_unchanged(workdir):
     import json
 
