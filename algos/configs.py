@@ -145,6 +145,10 @@ class DQNConfig(SeedRange):
     workers, and at least 32 steps of each of the worker's envs (a request is a Ray round
     trip: 4 steps per request sample at a third of the rate of 128). The learner takes
     gradient_steps per train_freq env steps of whatever arrives."""
+    acting: str = "cpu"
+    """Who picks the greedy actions while sampling: cpu (each rollout worker's copy of the
+    network, on its CPU core) or learner (the learner's network on its device, one
+    batched forward pass for every worker a step, SEED RL's way; no weights are sent)."""
     device: str = "auto"
     """Learner device: auto (CUDA when there is one), cpu, cuda, cuda:N."""
     replay_device: str = "learner"
@@ -190,6 +194,7 @@ class DQNConfig(SeedRange):
         if not self.device == "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigValueError("device", self.device, "must be auto, cpu, cuda or cuda:N")
         one_of(self, "replay_device", ("cpu", "learner"))
+        one_of(self, "acting", ("cpu", "learner"))
 
 
 @dataclass

@@ -319,6 +319,12 @@ class Learner:
         return linear(self.env_steps, cfg.epsilon_start, cfg.epsilon_end,
                       int(cfg.exploration_fraction * cfg.total_steps))
 
+    @torch.inference_mode()
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """The online network's greedy actions for a batch of observations, on the
+        learner's device (the rollout workers' policy with algo.acting=learner)."""
+        return self.online(torch.as_tensor(obs, device=self.device)).argmax(1).cpu().numpy()
+
     def lr(self) -> float:
         """The learning rate at this env step: lr, or linear from lr to lr_end."""
         cfg = self.cfg
@@ -414,16 +420,19 @@ def train(cfg: DQNConfig, env_cfg: EnvConfig, seed: int, reporter: Reporter | No
                                                     int(pool.action_space.n)))
     # Stacked frames travel as their newest frame (FrameReplayBuffer's format).
     frames_only = cfg.frame_memory and is_image(pool.obs_space)
-    pool.set_weights(cpu_weights(learner.online))
+    # algo.acting=learner: the online network acts for the workers; no weights travel.
+    policy = learner.greedy if cfg.acting == "learner" else None
+    if policy is None:
+        pool.set_weights(cpu_weights(learner.online))
     try:
         while learner.env_steps < cfg.total_steps:
             epsilon = learner.epsilon()
-            batch = pool.sample(request_steps(cfg), epsilon, frames_only)
+            batch = pool.sample(request_steps(cfg), epsilon, frames_only, policy)
             for episode_return, _, at, ended_at in batch["episodes"]:
                 reports.episode(learner.env_steps + at, episode_return, ended_at)
             learner.store(batch)
             updates = learner.take_updates(batch["steps"])
-            if updates:
+            if updates and policy is None:
                 pool.set_weights(cpu_weights(learner.online))
             reports.count(learner.env_steps, learner.env_steps, batch["steps"], updates)
             if reports.due(learner.env_steps):

@@ -8,8 +8,12 @@ reported every --report-every steps: each report's env steps/s and learner updat
 evaluation after each report is not counted). On a GPU machine this is the one script
 to run: the learner takes CUDA when there is one (--device auto), with its frames in GPU
 memory (--replay-device learner) and its steps as CUDA graphs unless --no-cuda-graph.
+With --acting cpu,learner both acting modes run one after the other in this process
+(algo.acting: each worker's CPU copy of the network, or the learner's network answering
+every worker at once), each with its own table.
 Usage: python -m benchmarks.pong_dqn_throughput [--steps 20000] [--learning-starts 10000]
-       [--workers 2] [--envs-per-worker 4] [--rollout-steps N] [--device auto]
+       [--workers 2] [--envs-per-worker 4] [--acting cpu[,learner]] [--rollout-steps N]
+       [--device auto]
        [--replay-device cpu|learner] [--no-cuda-graph] [--name pong_dqn_throughput]
 """
 
@@ -36,6 +40,8 @@ def main() -> None:
     parser.add_argument("--envs-per-worker", type=int, default=4)
     parser.add_argument("--rollout-steps", type=int, default=None,
                         help="env steps per worker request (default: the experiment's)")
+    parser.add_argument("--acting", default="cpu",
+                        help="comma-separated acting modes to measure: cpu, learner")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--replay-device", default=None, choices=("cpu", "learner"),
                         help="where the frames live (default: the experiment's)")
@@ -63,27 +69,37 @@ def main() -> None:
         overrides.append(f"algo.rollout_steps={args.rollout_steps}")
     if args.replay_device:
         overrides.append(f"algo.replay_device={args.replay_device}")
-    cfg = compose_config(overrides).cfg
-    reporter = MemoryReporter()
+    modes = args.acting.split(",")
+    for mode in modes:
+        if mode not in ("cpu", "learner"):
+            parser.error(f"--acting: {mode!r} is not cpu or learner")
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.workers + 1),
              include_dashboard=False, logging_level="ERROR")
+    data: dict = {"args": vars(args), "modes": {}}
     try:
-        train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+        for mode in modes:
+            cfg = compose_config([*overrides, f"algo.acting={mode}"]).cfg
+            reporter = MemoryReporter()
+            train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+            data["modes"][mode] = reporter.reports
     finally:
         ray.shutdown()
     device = resolve_device(args.device)
     algo = cfg.algo
-    rows, data = [], {"device": str(device), "args": vars(args), "reports": reporter.reports,
-                      "replay_device": algo.replay_device, "cuda_graph": algo.cuda_graph}
-    for r in reporter.reports:
-        phase = ("learning" if r["perf/updates_per_s"] > 0 else
-                 "sampling only, start-up" if r is reporter.reports[0] else "sampling only")
-        rows.append([r["step"], phase, r["perf/env_steps_per_s"], r["perf/updates_per_s"]])
+    data.update({"device": str(device), "replay_device": algo.replay_device,
+                 "cuda_graph": algo.cuda_graph})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"Pong DQN on {name} ({device}), {args.workers} rollout workers x "
-          f"{args.envs_per_worker} envs, {os.cpu_count()} CPUs, frames on "
-          f"{algo.replay_device}, CUDA graph {algo.cuda_graph and device.type == 'cuda'}")
-    print(table(["env steps at report", "phase", "env steps/s", "updates/s"], rows))
+    for mode, reports in data["modes"].items():
+        rows = []
+        for r in reports:
+            phase = ("learning" if r["perf/updates_per_s"] > 0 else
+                     "sampling only, start-up" if r is reports[0] else "sampling only")
+            rows.append([r["step"], phase, r["perf/env_steps_per_s"], r["perf/updates_per_s"]])
+        print(f"Pong DQN on {name} ({device}), acting={mode}, {args.workers} rollout workers "
+              f"x {args.envs_per_worker} envs, {os.cpu_count()} CPUs, frames on "
+              f"{algo.replay_device}, CUDA graph {algo.cuda_graph and device.type == 'cuda'}")
+        print(table(["env steps at report", "phase", "env steps/s", "updates/s"], rows,
+                    title=f"acting={mode}"))
     print(f"written to {write(args.name, data)}")
 
 

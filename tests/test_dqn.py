@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -173,6 +174,18 @@ def test_dqn_learns_cartpole_with_a_rollout_worker(ray_session):
     assert max(evals) >= 475 and evals[-1] >= 450, evals
 
 
+@pytest.mark.slow  # 165 s: one Ray round trip per env step
+def test_dqn_learns_cartpole_acting_on_the_learner_for_a_rollout_worker(ray_session):
+    # The worker runs no network: the learner's picks its greedy actions, with weights
+    # never older than the last update (a worker acting on its CPU waits for a sync).
+    cfg = compose_config(["experiment=cartpole_dqn", "algo.num_rollout_workers=1",
+                          "algo.acting=learner"]).cfg
+    reporter = MemoryReporter()
+    train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+    evals = [r["eval/mean_return"] for r in reporter.reports]
+    assert max(evals) >= 475 and evals[-1] >= 450, evals
+
+
 def test_the_learning_rate_decays_linearly_to_lr_end():
     # A training phase trains at the rate of the env step it follows: from lr 1e-3 at step
     # 0 to lr_end 0 at total_steps 2,048, so 2.5e-4 after step 1,536, then 0 at the end.
@@ -187,3 +200,98 @@ def test_the_learning_rate_decays_linearly_to_lr_end():
 
     train(cfg.algo, cfg.env, seed=0, reporter=Rates())
     assert lrs == [(1536, pytest.approx(2.5e-4)), (2048, 0.0)]
+
+
+def _acting_setup(num_workers: int):
+    """A pool of CartPole workers (2 envs each) and a random Q-network's weights."""
+    from algos.core.envs import EnvConfig
+    from algos.core.networks import cpu_weights
+    from algos.core.workers import WorkerPool
+
+    cfg = DQNConfig(hidden_sizes=[16], num_rollout_workers=num_workers, envs_per_worker=2)
+    factory = dqn.network_factory(cfg)
+    env_cfg = EnvConfig(id="CartPole-v1")
+    pool = WorkerPool(env_cfg, num_workers, 2, factory, seed=3)
+    torch.manual_seed(0)
+    net = factory(pool.obs_space, pool.action_space)
+    return pool, net, cpu_weights(net)
+
+
+def _greedy_of(net: nn.Module):
+    calls = []
+
+    @torch.inference_mode()
+    def policy(obs):
+        calls.append(len(obs))
+        return net(torch.as_tensor(obs)).argmax(1).numpy()
+
+    return policy, calls
+
+
+def _same_batches(a: list[dict], b: list[dict]) -> None:
+    key = lambda batch: int(batch["env_ids"].min())  # noqa: E731  (one batch per worker)
+    for x, y in zip(sorted(a, key=key), sorted(b, key=key), strict=True):
+        assert x.keys() == y.keys() and x["steps"] == y["steps"]
+        for k in x:
+            if k != "episodes":
+                assert np.array_equal(x[k], y[k]), k
+        assert [e[:3] for e in x["episodes"]] == [e[:3] for e in y["episodes"]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_acting_on_the_learner_gives_the_actions_of_the_workers_own_networks(
+        num_workers, request):
+    # The same weights and exploration draws: algo.acting=learner (one forward pass of
+    # the learner's network for every worker a step) samples exactly what each worker's
+    # own copy samples, in the learner's process and on Ray actors.
+    if num_workers:
+        request.getfixturevalue("ray_session")
+    batches = {}
+    for acting in ("cpu", "learner"):
+        pool, net, weights = _acting_setup(num_workers)
+        policy, calls = _greedy_of(net)
+        try:
+            if acting == "cpu":
+                pool.set_weights(weights)
+            # Each worker's first batch (acting on CPUs, a worker that answers first is
+            # asked again at once, so its second batch may come before another's first).
+            got: dict[int, dict] = {}
+            while len(got) < max(1, num_workers):
+                batch = pool.sample(300, 0.3, policy=policy if acting == "learner" else None)
+                got.setdefault(int(batch["env_ids"].min()), batch)
+        finally:
+            pool.close()
+        batches[acting] = list(got.values())
+        assert bool(calls) == (acting == "learner")
+        if acting == "learner" and num_workers:
+            # One call answers both workers: 2 envs each, less the rows exploring.
+            assert max(calls) > 2
+    _same_batches(batches["cpu"], batches["learner"])
+    assert all(len(b["actions"]) >= 300 for b in batches["learner"])
+
+
+def test_a_worker_that_never_acts_greedily_never_asks_the_learner():
+    pool, net, _ = _acting_setup(0)
+    policy, calls = _greedy_of(net)
+    try:
+        batch = pool.sample(64, 1.0, policy=policy)  # epsilon 1: every action random
+    finally:
+        pool.close()
+    assert calls == [] and batch["steps"] == 64
+
+
+def test_a_dqn_run_acting_on_the_learner_trains_as_one_acting_in_the_worker():
+    # In the learner's process both modes act with the newest weights: the same run.
+    runs = {}
+    for acting in ("cpu", "learner"):
+        cfg = compose_config(["experiment=cartpole_dqn", "algo.total_steps=3000",
+                              "algo.learning_starts=500", "algo.eval_every=3000",
+                              "algo.eval_episodes=2", "algo.device=cpu",
+                              f"algo.acting={acting}"]).cfg
+        reporter = MemoryReporter()
+        result = train(cfg.algo, cfg.env, seed=0, reporter=reporter)
+        runs[acting] = ([p[:2] for p in reporter.history["train/episode_return"]], result)
+    assert runs["cpu"][0] == runs["learner"][0] and len(runs["cpu"][0]) > 20
+    for (name, a), b in zip(runs["cpu"][1].network.state_dict().items(),
+                            runs["learner"][1].network.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -5,12 +5,20 @@ The same class runs in the learner's process (0 workers) or as a Ray actor
 reference when remote: one `ray.put` per sync, shared by every worker). Vector envs
 autoreset on the next step: the step after an episode ends is a reset whose action is
 ignored, and it is never returned as a transition.
+
+Acting: sample() picks the greedy actions with the worker's own copy of the network
+(algo.acting=cpu). With algo.acting=learner the learner picks them instead, SEED RL's
+way (Espeholt et al. 2020): begin() hands back the observations of the rows that act
+greedily, the learner answers with one batched forward pass for every worker, resume()
+steps the envs with those actions and hands back the next step's observations, until
+the batch is full. The exploration draws are the worker's in both modes, so the same
+weights give the same actions.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, cast
 
 import gymnasium as gym
@@ -44,6 +52,7 @@ class RolloutWorker:
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.env_offset = worker_index * num_envs
         self.obs, _ = self.envs.reset(seed=seed)
+        self._stepping: Generator[np.ndarray, np.ndarray, dict[str, Any]] | None = None
         self.episode_start = np.ones(num_envs, dtype=np.bool_)
         self.resetting = np.zeros(num_envs, dtype=np.bool_)
         self.ep_return = np.zeros(num_envs)
@@ -54,14 +63,21 @@ class RolloutWorker:
         self.net.load_state_dict(weights)
 
     @torch.inference_mode()
-    def act(self, obs: np.ndarray, epsilon: float) -> np.ndarray:
-        """Epsilon-greedy actions for a batch of observations. The network runs only on
-        the rows that act greedily (none at epsilon 1, early in training)."""
+    def greedy(self, obs: np.ndarray) -> np.ndarray:
+        """This worker's network's greedy actions for a batch of observations."""
+        return self.net(torch.as_tensor(obs)).argmax(1).numpy()
+
+    def _explore(self, obs: np.ndarray, epsilon: float
+                 ) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+        """Epsilon-greedy actions: yields the observations of the rows that act greedily
+        (when any do) and takes their actions back. The random draws are the same
+        whoever answers, so both acting modes give the same actions for the same
+        weights."""
         explore = self.rng.random(len(obs)) < epsilon
         actions = self.rng.integers(0, self.n_actions, len(obs))
         greedy = ~explore
         if greedy.any():
-            actions[greedy] = self.net(torch.as_tensor(obs[greedy])).argmax(1).numpy()
+            actions[greedy] = yield obs[greedy]
         return actions
 
     def sample(
@@ -78,6 +94,42 @@ class RolloutWorker:
         frame travels once, a quarter of the bytes of whole stacks."""
         if weights is not None:
             self.set_weights(weights)
+        steps = self._sample_steps(num_steps, epsilon, frames_only)
+        try:
+            greedy_obs = next(steps)
+            while True:
+                greedy_obs = steps.send(self.greedy(greedy_obs))
+        except StopIteration as done:
+            return done.value
+
+    def begin(self, num_steps: int, epsilon: float, frames_only: bool = False
+              ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+        """sample() with the learner acting (algo.acting=learner): (the observations of
+        the rows that act greedily at the first step, None), or (None, the batch) when no
+        step needed the network. resume() answers with their actions."""
+        self._stepping = self._sample_steps(num_steps, epsilon, frames_only)
+        return self._advance(None)
+
+    def resume(self, actions: np.ndarray) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+        """The greedy actions for the observations begin() or resume() handed back: the
+        next step's observations to act on, or the finished batch."""
+        return self._advance(actions)
+
+    def _advance(self, actions: np.ndarray | None
+                 ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+        if self._stepping is None:
+            raise RuntimeError("resume() before begin()")
+        try:
+            obs = next(self._stepping) if actions is None else self._stepping.send(actions)
+        except StopIteration as done:
+            self._stepping = None
+            return None, done.value
+        return obs, None
+
+    def _sample_steps(self, num_steps: int, epsilon: float, frames_only: bool
+                      ) -> Generator[np.ndarray, np.ndarray, dict[str, Any]]:
+        """sample()'s loop: yields the observations that need greedy actions at each
+        step and takes the actions back; returns the batch."""
         cols: dict[str, list] = {k: [] for k in (
             "env_ids", "obs", "actions", "rewards", "next_obs", "terminated", "truncated",
             "episode_starts", "first_frames")}
@@ -85,7 +137,7 @@ class RolloutWorker:
         stored = 0
         ids = np.arange(self.num_envs) + self.env_offset
         while stored < num_steps:
-            actions = self.act(self.obs, epsilon)
+            actions = yield from self._explore(self.obs, epsilon)
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
             keep = ~self.resetting
             if keep.any():

@@ -75,6 +75,7 @@ class WorkerPool:
         self.sent = [0] * num_workers  # the weights version each worker has
         self.workers = [self._spawn(i) for i in range(num_workers)]
         self.in_flight: dict[Any, int] = {}
+        self.ready: list[dict[str, Any]] = []  # batches filled in lockstep, not yet used
         probe = make_env(env_cfg)
         self.obs_space = cast(gym.spaces.Box, probe.observation_space)
         self.action_space = cast(gym.spaces.Discrete, probe.action_space)
@@ -131,10 +132,15 @@ class WorkerPool:
         ref = self.workers[i].sample.remote(steps, epsilon, self._weights_for(i), frames_only)
         self.in_flight[ref] = i
 
-    def sample(self, steps: int, epsilon: float, frames_only: bool = False) -> dict[str, Any]:
+    def sample(self, steps: int, epsilon: float, frames_only: bool = False,
+               policy: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
         """The next batch of at least `steps` transitions: sampled here, or the first one a
         worker returns (each worker keeps one request in flight, asked with the epsilon
-        and weights of when it was sent). A dead worker is replaced and asked again."""
+        and weights of when it was sent). A dead worker is replaced and asked again.
+        With `policy` (algo.acting=learner) it picks the greedy actions of every worker
+        instead of their own networks: see sample_by_policy."""
+        if policy is not None:
+            return self.sample_by_policy(steps, epsilon, frames_only, policy)
         if not self.remote:
             if self._local_version != self.version:
                 self.local.set_weights(self._weights)
@@ -154,6 +160,44 @@ class WorkerPool:
                 continue
             self._request(i, steps, epsilon, frames_only)
             return batch
+
+    def sample_by_policy(self, steps: int, epsilon: float, frames_only: bool,
+                         policy: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+        """The next batch of at least `steps` transitions, `policy` (observations ->
+        greedy actions, on the learner's device) acting for every worker: each round,
+        the workers that have rows acting greedily hand back their observations, one call
+        of `policy` answers all of them, and each steps on. All workers fill a batch in
+        lockstep; they come back one per call. A dead worker is replaced and its batch
+        begun again."""
+        if not self.remote:
+            obs, batch = self.local.begin(steps, epsilon, frames_only)
+            while batch is None:
+                obs, batch = self.local.resume(policy(cast(np.ndarray, obs)))
+            return batch
+        if self.ready:
+            return self.ready.pop(0)
+        pending = {i: w.begin.remote(steps, epsilon, frames_only)
+                   for i, w in enumerate(self.workers)}
+        while pending:
+            asking: dict[int, np.ndarray] = {}
+            for i, ref in list(pending.items()):
+                try:
+                    obs, batch = self.ray.get(ref)
+                except self.ray.exceptions.RayActorError as e:
+                    self._replace(i, e)
+                    pending[i] = self.workers[i].begin.remote(steps, epsilon, frames_only)
+                    continue
+                if batch is not None:
+                    self.ready.append(batch)
+                    del pending[i]
+                else:
+                    asking[i] = obs
+            if asking:
+                actions = policy(np.concatenate(list(asking.values())))
+                ends = np.cumsum([len(o) for o in asking.values()])
+                for i, part in zip(asking, np.split(actions, ends[:-1]), strict=True):
+                    pending[i] = self.workers[i].resume.remote(part)
+        return self.ready.pop(0)
 
     def sample_episodes(self, n: int, max_steps: int) -> list[list[dict[str, Any]]]:
         """`n` whole episodes with the current weights, shared among the workers: one list
