@@ -136,24 +136,15 @@ def test_sample_requests_are_large_enough_to_pay_for_their_round_trip():
     assert steps(num_rollout_workers=1, envs_per_worker=8, rollout_steps=3) == 8
 
 
-def test_dqn_learns_cartpole_sampling_in_the_learner():
-    # And keeps it: the network it ends with, not only its best, plays 475 or more (with
-    # a constant learning rate seed 0 peaked at 500 and ended at 182).
-    cfg = compose_config(["experiment=cartpole_dqn"]).cfg
-    reporter = MemoryReporter()
-    train(cfg.algo, cfg.env, seed=0, reporter=reporter)
-    evals = [r["eval/mean_return"] for r in reporter.reports]
-    assert evals[-1] >= 475, evals
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment,seed", [("cartpole_dqn", s) for s in (1, 2, 3, 4)]
-                         + [("cartpole_ddqn", s) for s in range(5)])
+@pytest.mark.parametrize("experiment,seed", [(e, s) for e in ("cartpole_dqn", "cartpole_ddqn")
+                                              for s in range(5)])
 def test_dqn_keeps_cartpole_on_every_seed(experiment, seed):
-    # Beside seed 0 of cartpole_dqn above (about 45 s each on one core): the final network
-    # of every seed 0-4 plays 475 or more; the RL Zoo reports 500 +- 0. With a constant
-    # learning rate cartpole_dqn's seeds 0-9 ended at 181.6, 500, 500, 500, 500, 495.1, 500,
-    # 500, 500, 378.
+    # About 50 s each on one core, so here and not in the default suite (whose DQN tests
+    # check the update by hand and run short): the final network of every seed 0-4 plays
+    # 475 or more, not only its best; the RL Zoo reports 500 +- 0. With a
+    # constant learning rate cartpole_dqn's seeds 0-9 ended at 181.6, 500, 500, 500, 500,
+    # 495.1, 500, 500, 500, 378.
     cfg = compose_config([f"experiment={experiment}"]).cfg
     assert cfg.algo.double == (experiment == "cartpole_ddqn")
     reporter = MemoryReporter()
