@@ -32,8 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = RESULTS.parent.parent
+RESULTS = Path(os.environ.get("RLPIPE_BENCHMARK_RESULTS")
+               or Path(__file__).resolve().parent / "results")
+"""Where write() keeps the results: benchmarks/results, or $RLPIPE_BENCHMARK_RESULTS (a
+device session writes into the folder that comes back)."""
+ROOT = Path(__file__).resolve().parent.parent
 _TABLES: list[dict[str, Any]] = []
 """The tables table() made since the last write(): the figures write() saves."""
 

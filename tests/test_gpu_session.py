@@ -1,0 +1,54 @@
+"""The device session's script (benchmarks/gpu_session.sh), rehearsed on this CPU machine
+with tiny counts: every step runs and leaves its files, as one device call would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, cli_env
+
+SCRIPTS = ("benchmarks/gpu_session.sh", "benchmarks/gpu_bundle.sh")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_device_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
+
+
+@pytest.mark.slow  # about 4 minutes: 3,000 Space Invaders steps, their evaluation, Pong
+def test_the_gpu_session_runs_every_step_on_a_cpu(tmp_path):
+    out = tmp_path / "out"
+    checked_in = ROOT / "benchmarks" / "results" / "pong_dqn_throughput.json"
+    before = checked_in.stat().st_mtime_ns
+    env = {**cli_env(Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))), "OUT": str(out),
+           "PY": sys.executable, "SI_STEPS": "3000", "SI_STARTS": "1000", "WORKERS": "1",
+           "ENVS": "2", "GPUS_PER_TRIAL": "0", "TP_STEPS": "1000", "TP_STARTS": "1000"}
+    env.pop("PYTHONPATH")  # as on the device: the script makes the checkout importable
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    session = (out / "session.log").read_text()
+    assert proc.returncode == 0 and "done" in session, session + proc.stderr[-2000:]
+    # Every file of the call comes back: 8 at most, none in a subfolder.
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["pong_dqn_throughput.json", "pytest_gpu.log", "session.log",
+                     "space_invaders_dqn.json", "space_invaders_dqn.png",
+                     "space_invaders_dqn_best_model.tar.gz", "space_invaders_train.log",
+                     "throughput.log"], files
+    result = json.loads((out / "space_invaders_dqn.json").read_text())["runs"][-1]["data"]
+    assert result["env_steps"] >= 3000 and result["status"] == "FINISHED"
+    assert result["best_model_evaluation"]["model"].startswith("models:/")
+    assert "experiment=space_invaders_dqn" in result["train_command"]
+    with tarfile.open(out / "space_invaders_dqn_best_model.tar.gz") as tar:
+        assert any(n.endswith("MLmodel") for n in tar.getnames())
+    modes = json.loads((out / "pong_dqn_throughput.json").read_text())["runs"][-1]["data"]
+    assert set(modes["modes"]) == {"cpu", "learner"}
+    assert "exit 0" in session.split("throughput:")[1].splitlines()[0]
+    # The results went to the call's folder, not into the checkout's.
+    assert checked_in.stat().st_mtime_ns == before
