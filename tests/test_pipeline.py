@@ -472,6 +472,7 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
         assert child.data.metrics["eval/score"] >= 4.5
 
 
+@pytest.mark.slow  # 28 s; test_optuna_with_asha_over_config_groups sweeps groups by default
 def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
     args = ["experiment=cartpole_dqn", "algo=dqn,ddqn", "seed=0,1", "algo.total_steps=3000",
             "algo.learning_starts=500", "algo.eval_every=1500", "algo.eval_episodes=2",
@@ -500,6 +501,7 @@ def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
     assert figures["score"] == best
 
 
+@pytest.mark.slow  # 25 s; REINFORCE trains in tests/test_reinforce.py by default
 def test_a_reinforce_sweep_over_learning_rate_and_seed(workdir):
     args = ["experiment=cartpole_reinforce", "algo.lr=0.005,0.02", "seed=0,1",
             "algo.episodes=60", "algo.eval_every=30", "algo.eval_episodes=2",
