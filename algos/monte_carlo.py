@@ -17,7 +17,8 @@ The target is the return actually received (TD's target is r + gamma max Q(s', .
 step on), but for an episode cut by a time limit (the env's, or `max_steps`) rather than
 ended by the env: the rewards after the cut were never received, and a return that stops
 there makes the pairs played just before it look nearly free (on Taxi, a bump against a
-wall late in a cut episode scores about -1, so the greedy policy learns to loop). With
+wall late in a cut episode scores about -1, which pulls the greedy policy toward loops;
+measured in docs/algorithms/monte-carlo.md). With
 `bootstrap_truncated` (the default) such an episode's returns get gamma^(T-t)
 max_a Q(S_T, a) for what is missing, as Q-learning bootstraps at the cut (partial-episode
 bootstrapping, Pardo et al. 2018, "Time Limits in Reinforcement Learning").
