@@ -1,5 +1,5 @@
 """The hyperparameters of every algorithm, as typed configs: Hydra's schema of the algo
-group (pipelines/schema.py) and what each algorithm's train() takes.
+group (pipelines/config/schema.py) and what each algorithm's train() takes.
 
 They live apart from the algorithms so that a config composes and validates without
 importing a learner's libraries: a Q-learning run, its sweep's driver and its Ray

@@ -23,7 +23,7 @@ import torch
 from algos.core.envs import EnvConfig, make_vector_env
 from algos.dqn import DQNConfig, network_factory
 from benchmarks.common import table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 
 def raw(env_cfg: EnvConfig, envs: int, seconds: float, epsilon: float = 1.0) -> float:

@@ -24,9 +24,10 @@ import argparse
 import time
 from collections import deque
 
+from algos.core.metrics import EPISODE_RETURN
 from algos.dqn import train
 from benchmarks.common import median, table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 GOAL, WINDOW = 475.0, 20
 
@@ -47,7 +48,7 @@ class GoalWatcher:
 
     def report(self, step, metrics, history=None, state=None, final=False) -> None:
         self.steps = step
-        for s, value in (history or {}).get("train/episode_return", []):
+        for s, value in (history or {}).get(EPISODE_RETURN, []):
             self.window.append(value)
             if len(self.window) == WINDOW and sum(self.window) / WINDOW >= GOAL:
                 self.reached = (time.perf_counter() - self.start, s)

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from algos.core.metrics import EPISODES, EVAL_MEAN_RETURN
 from algos.reinforce import train
 from benchmarks.common import table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 GOAL, EVAL_EVERY, EVAL_EPISODES = 475.0, 20, 10
 
@@ -114,9 +115,9 @@ class Watcher:
         self.reached: dict | None = None
 
     def report(self, step, metrics, history=None, state=None, final=False) -> None:
-        if metrics["eval/mean_return"] >= GOAL:
+        if metrics[EVAL_MEAN_RETURN] >= GOAL:
             self.reached = {"seconds": time.perf_counter() - self.start,
-                            "episodes": int(metrics["train/episodes"]), "steps": step}
+                            "episodes": int(metrics[EPISODES]), "steps": step}
             raise _Reached
         if time.perf_counter() - self.start > self.max_seconds:
             raise _Reached

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.tracking.series import PERF_PREFIX, SWEEP_WALL_S, TRIAL_PREFIX
+
 RESULTS = Path(os.environ.get("RLPIPE_BENCHMARK_RESULTS")
                or Path(__file__).resolve().parent / "results")
 """Where write() keeps the results: benchmarks/results, or $RLPIPE_BENCHMARK_RESULTS (a
@@ -191,11 +193,11 @@ def run_sweep(overrides: list[str], env: dict[str, str] | None = None) -> dict[s
         trial_perf: dict[str, float] = {}
         for child in children:
             for key, value in child.data.metrics.items():
-                if key.startswith("perf/trial_"):
+                if key.startswith(TRIAL_PREFIX):
                     trial_perf[key] = trial_perf.get(key, 0.0) + value
         return {
-            "fit_s": parent.data.metrics["perf/sweep_wall_s"],
-            "phases": {k: v for k, v in parent.data.metrics.items() if k.startswith("perf/")},
+            "fit_s": parent.data.metrics[SWEEP_WALL_S],
+            "phases": {k: v for k, v in parent.data.metrics.items() if k.startswith(PERF_PREFIX)},
             "trial_sums": trial_perf,
             "command_s": wall,
             "startup_s": (first - parent.info.start_time) / 1000,

@@ -39,7 +39,7 @@ from algos.dqn import (
     update,
 )
 from benchmarks.common import median, table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 
 def fill(buffer, obs_shape, n: int, seed: int = 0) -> None:

@@ -39,11 +39,12 @@ if [ -f .whl/site.tar.xz ]; then
   mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-{ nvidia-smi || true; "$PY" -c 'import torch, ray, mlflow, gymnasium, ale_py;
-print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "ray", ray.__version__,
-      "mlflow", mlflow.__version__, "gymnasium", gymnasium.__version__)'; nproc; } \
-  >>"$OUT/session.log" 2>&1
+{ nvidia-smi || true; nproc; } >>"$OUT/session.log" 2>&1
 log "machine: as above"
+VERSIONS=$("$PY" -c 'import torch, ray, mlflow, gymnasium, ale_py;
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "ray", ray.__version__,
+      "mlflow", mlflow.__version__, "gymnasium", gymnasium.__version__)' 2>>"$OUT/session.log")
+log "imports: exit $? ($VERSIONS)"
 
 log "1. pytest -m gpu"
 timeout "$T_TESTS" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
@@ -65,6 +66,7 @@ c = MlflowClient('sqlite:///$STORE/mlflow.db')
 e = c.get_experiment_by_name('space_invaders_dqn')
 print(c.search_runs([e.experiment_id], order_by=['attributes.start_time DESC'])[0].info.run_id)
 " 2>>"$OUT/session.log")
+log "run: exit $? (${RUN:-no run})"
 if [ -n "$RUN" ]; then
   (cd "$STORE" && timeout 120 "$PY" -m pipelines.evaluate "evaluate.run_id=$RUN" \
     "tracking.uri=sqlite:///$STORE/mlflow.db" \

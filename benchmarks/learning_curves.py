@@ -18,7 +18,7 @@ from algos.core import metrics as m
 from algos.core.reporting import MemoryReporter
 from algos.registry import get_algorithm
 from benchmarks.common import median, table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 PASS_MARKS = {
     # experiment: (metric, the least value that passes, what the mark is)

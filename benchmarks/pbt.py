@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from algos.core.metrics import ENV_STEPS, EVAL_MEAN_RETURN
 from benchmarks.common import ROOT, table, timed, write
+from pipelines.tracking.series import EXPLOITS
 
 POPULATION = 4
 RANGES = {
@@ -81,13 +83,13 @@ def run(method: str, repeat: int, steps: int, cpus: int) -> dict[str, Any]:
                    if "mlflow.parentRunId" in r.data.tags]
         if len(members) != POPULATION:
             raise RuntimeError(f"{method}: {len(members)} members, not {POPULATION}")
-        finals = [r.data.metrics["eval/mean_return"] for r in members]
+        finals = [r.data.metrics[EVAL_MEAN_RETURN] for r in members]
         return {
             "seconds": seconds,
             "finals": finals,
-            "env_steps": [r.data.metrics["train/env_steps"] for r in members],
+            "env_steps": [r.data.metrics[ENV_STEPS] for r in members],
             "first_lr": [float(r.data.params["algo.lr"]) for r in members],
-            "exploits": sum(r.data.metrics.get("pbt/exploits", 0) for r in members),
+            "exploits": sum(r.data.metrics.get(EXPLOITS, 0) for r in members),
             "best": max(finals),
             "population": float(np.mean(finals)),
         }
@@ -95,7 +97,7 @@ def run(method: str, repeat: int, steps: int, cpus: int) -> dict[str, Any]:
 
 def main() -> None:
     """Measure, print the tables, write results/pbt.json."""
-    from pipelines.stats import iqm
+    from pipelines.results.stats import iqm
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)

@@ -24,15 +24,16 @@ import os
 
 import torch
 
+from algos.core.metrics import ENV_STEPS_PER_S, UPDATES_PER_S
 from algos.core.networks import resolve_device
 from algos.core.reporting import MemoryReporter
 from algos.dqn import train
 from benchmarks.common import table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 
-def main() -> None:
-    """Measure, print the table, write results/pong_dqn_throughput.json."""
+def parse_args() -> argparse.Namespace:
+    """The command line (the module's docstring says what each flag does)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--learning-starts", type=int, default=10_000)
@@ -50,11 +51,16 @@ def main() -> None:
                         help="env steps between learning reports (default: --steps / 4)")
     parser.add_argument("--name", default="pong_dqn_throughput", help="results file name")
     args = parser.parse_args()
-    import ray
+    for mode in args.acting.split(","):
+        if mode not in ("cpu", "learner"):
+            parser.error(f"--acting: {mode!r} is not cpu or learner")
+    return args
 
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """pong_dqn, shortened: reports every `every` env steps, with the defaults two while
+    only sampling (the first with the workers' start-up), then four while learning."""
     start = args.learning_starts
-    # Reports every `every` env steps: with the defaults two while only sampling (the first
-    # with the workers' start-up), then four while learning.
     every = args.report_every or max(1, args.steps // 4)
     overrides = [
         "experiment=pong_dqn", f"algo.total_steps={start + args.steps}",
@@ -69,15 +75,20 @@ def main() -> None:
         overrides.append(f"algo.rollout_steps={args.rollout_steps}")
     if args.replay_device:
         overrides.append(f"algo.replay_device={args.replay_device}")
-    modes = args.acting.split(",")
-    for mode in modes:
-        if mode not in ("cpu", "learner"):
-            parser.error(f"--acting: {mode!r} is not cpu or learner")
+    return overrides
+
+
+def main() -> None:
+    """Measure, print the table, write results/pong_dqn_throughput.json."""
+    args = parse_args()
+    import ray
+
+    overrides = overrides_of(args)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.workers + 1),
              include_dashboard=False, logging_level="ERROR")
     data: dict = {"args": vars(args), "modes": {}}
     try:
-        for mode in modes:
+        for mode in args.acting.split(","):
             cfg = compose_config([*overrides, f"algo.acting={mode}"]).cfg
             reporter = MemoryReporter()
             train(cfg.algo, cfg.env, seed=0, reporter=reporter)
@@ -92,9 +103,9 @@ def main() -> None:
     for mode, reports in data["modes"].items():
         rows = []
         for r in reports:
-            phase = ("learning" if r["perf/updates_per_s"] > 0 else
+            phase = ("learning" if r[UPDATES_PER_S] > 0 else
                      "sampling only, start-up" if r is reports[0] else "sampling only")
-            rows.append([r["step"], phase, r["perf/env_steps_per_s"], r["perf/updates_per_s"]])
+            rows.append([r["step"], phase, r[ENV_STEPS_PER_S], r[UPDATES_PER_S]])
         print(f"Pong DQN on {name} ({device}), acting={mode}, {args.workers} rollout workers "
               f"x {args.envs_per_worker} envs, {os.cpu_count()} CPUs, frames on "
               f"{algo.replay_device}, CUDA graph {algo.cuda_graph and device.type == 'cuda'}")

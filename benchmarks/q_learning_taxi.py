@@ -14,9 +14,10 @@ import random
 import gymnasium as gym
 import numpy as np
 
+from algos.core.metrics import EVAL_SCORE
 from algos.q_learning import train
 from benchmarks.common import alternate, median, table, write
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 
 def course_loop(cfg, seed: int) -> tuple[np.ndarray, float]:
@@ -78,10 +79,10 @@ def main() -> None:
     scores: dict[str, list[float]] = {"ours": [], reporting: [], "course": []}
 
     def ours():
-        scores["ours"].append(train(one_report, env_cfg, seed=0).metrics["eval/score"])
+        scores["ours"].append(train(one_report, env_cfg, seed=0).metrics[EVAL_SCORE])
 
     def ours_reporting():
-        scores[reporting].append(train(cfg, env_cfg, seed=0).metrics["eval/score"])
+        scores[reporting].append(train(cfg, env_cfg, seed=0).metrics[EVAL_SCORE])
 
     def course():
         scores["course"].append(course_loop(cfg, seed=0)[1])
@@ -96,7 +97,7 @@ def main() -> None:
     ]
     print(f"Q-learning, Taxi-v3, course settings ({cfg.episodes:,} episodes), "
           f"median of {args.repeats}")
-    print(table(["implementation", "seconds", "speed-up vs course", "eval/score"], rows))
+    print(table(["implementation", "seconds", "speed-up vs course", EVAL_SCORE], rows))
     path = write("q_learning_taxi", {
         "episodes": cfg.episodes, "repeats": args.repeats,
         "seconds": seconds, "scores": scores,

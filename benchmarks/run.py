@@ -19,6 +19,7 @@ BENCHMARKS = [
     "benchmarks.pong_dqn_throughput",
     "benchmarks.cartpole_reinforce",
     "benchmarks.learning_curves",
+    "benchmarks.tracking_load",
 ]
 
 

@@ -20,23 +20,40 @@ import argparse
 import multiprocessing
 import os
 
+from algos.core.metrics import EVAL_SCORE
 from benchmarks.common import median, run_sweep, table, timed, write
+from pipelines.tracking.series import (
+    RAY_SHUTDOWN_S,
+    RAY_START_AND_MLFLOW_S,
+    STARTUP_S,
+    SUMMARY_S,
+    SWEEP_WALL_S,
+    TRIAL_CHECKPOINT_S,
+    TRIAL_MODELS_S,
+    TRIAL_REPORT_WAIT_S,
+    TRIAL_SETUP_S,
+    TRIAL_TEARDOWN_S,
+    TRIAL_TEST_S,
+    TRIAL_TRACKING_S,
+    TRIAL_TRAIN_S,
+    TUNE_SETUP_S,
+)
 
 OVERRIDES = ["experiment=taxi_course"]
 
 
 def _train_ours(args: tuple[int, int]) -> float:
     from algos.q_learning import train
-    from pipelines.config import compose_config
+    from pipelines.config.compose import compose_config
 
     seed, episodes = args
     cfg = compose_config([*OVERRIDES, f"algo.episodes={episodes}", f"seed={seed}"]).cfg
-    return train(cfg.algo, cfg.env, cfg.seed).metrics["eval/score"]
+    return train(cfg.algo, cfg.env, cfg.seed).metrics[EVAL_SCORE]
 
 
 def _train_course(args: tuple[int, int]) -> float:
     from benchmarks.q_learning_taxi import course_loop
-    from pipelines.config import compose_config
+    from pipelines.config.compose import compose_config
 
     seed, episodes = args
     cfg = compose_config([*OVERRIDES, f"algo.episodes={episodes}", f"seed={seed}"]).cfg
@@ -57,36 +74,38 @@ def split_over_cores(fn, trials: int, episodes: int, cpus: int) -> float:
 def _warm(_: int) -> None:
     import algos.q_learning  # noqa: F401
     import benchmarks.q_learning_taxi  # noqa: F401
-    import pipelines.config  # noqa: F401
+    import pipelines.config.compose  # noqa: F401
 
 
 def breakdown(m: dict, cpus: int) -> list[list]:
     """Rows (what, seconds) that add up to the command's seconds."""
     ph, tr = m["phases"], m["trial_sums"]
-    fit = ph["perf/sweep_wall_s"]
+    fit = ph[SWEEP_WALL_S]
     lanes = {k: v / cpus for k, v in tr.items()}
     rows = [
         ["driver start-up: interpreter, imports, validating every trial's config",
-         ph.get("perf/startup_s", 0.0)],
+         ph.get(STARTUP_S, 0.0)],
         ["Ray start, and meanwhile the MLflow experiment and parent run",
-         ph.get("perf/ray_start_and_mlflow_s", 0.0)],
-        ["Tune set-up", ph.get("perf/tune_setup_s", 0.0)],
+         ph.get(RAY_START_AND_MLFLOW_S, 0.0)],
+        ["Tune set-up", ph.get(TUNE_SETUP_S, 0.0)],
         ["Tune fit, per core:", fit],
-        ["  trials training (the algorithm's own loop)", lanes.get("perf/trial_train_s", 0)],
+        ["  trials training (the algorithm's own loop)", lanes.get(TRIAL_TRAIN_S, 0)],
         ["  trial set-up: compose, MLflow run, tags, system monitor",
-         lanes.get("perf/trial_setup_s", 0)],
-        ["  metric writes to MLflow", lanes.get("perf/trial_tracking_s", 0)],
-        ["  checkpoints", lanes.get("perf/trial_checkpoint_s", 0)],
-        ["  waiting in tune.report for the driver", lanes.get("perf/trial_report_wait_s", 0)],
+         lanes.get(TRIAL_SETUP_S, 0)],
+        ["  metric writes to MLflow", lanes.get(TRIAL_TRACKING_S, 0)],
+        ["  checkpoints", lanes.get(TRIAL_CHECKPOINT_S, 0)],
+        ["  waiting in tune.report for the driver", lanes.get(TRIAL_REPORT_WAIT_S, 0)],
+        ["  held-out test: the best agent played on seeds no evaluation saw",
+         lanes.get(TRIAL_TEST_S, 0)],
         ["  models: the final and best agents logged as MLflow models",
-         lanes.get("perf/trial_models_s", 0)],
+         lanes.get(TRIAL_MODELS_S, 0)],
         ["  trial teardown: last metrics, last system sample, run closed",
-         lanes.get("perf/trial_teardown_s", 0)],
+         lanes.get(TRIAL_TEARDOWN_S, 0)],
         ["  worker start-up and imports, Tune's scheduling between trials",
          fit - sum(lanes.values())],
-        ["Ray shutdown", ph.get("perf/ray_shutdown_s", 0.0)],
+        ["Ray shutdown", ph.get(RAY_SHUTDOWN_S, 0.0)],
         ["summary: statistics, plots, artifacts (beyond Ray's shutdown, which it overlaps)",
-         ph.get("perf/summary_s", 0.0)],
+         ph.get(SUMMARY_S, 0.0)],
     ]
     accounted = sum(v for label, v in rows if not label.startswith("  "))
     rows.append(["the rest: failures, the parent run closed, the process's exit",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from algos.core.metrics import EVAL_MEAN_RETURN, EVAL_SCORE, EVAL_STD_RETURN
 from benchmarks.common import table, timed, write
 
 EXPERIMENTS = {
@@ -34,7 +35,7 @@ def optimum(experiment: str) -> dict[str, Any]:
     from algos.core.envs import make_env
     from algos.core.evaluation import play_episodes
     from algos.core.optimum import optimal_q_table
-    from pipelines.config import compose_and_check
+    from pipelines.config.compose import compose_and_check
 
     cfg = compose_and_check([f"experiment={experiment}"]).cfg
     env = make_env(cfg.env)
@@ -49,7 +50,7 @@ def optimum(experiment: str) -> dict[str, Any]:
 def trained(experiment: str, seeds: int) -> list[dict[str, float]]:
     """Each seed's final evaluation (mean, std, score) and its training seconds."""
     from algos.registry import get_algorithm
-    from pipelines.config import compose_and_check
+    from pipelines.config.compose import compose_and_check
 
     out = []
     for seed in range(seeds):
@@ -58,8 +59,8 @@ def trained(experiment: str, seeds: int) -> list[dict[str, float]]:
         seconds, result = timed(lambda cfg=cfg, algorithm=algorithm: algorithm.train(
             cfg.algo, cfg.env, cfg.seed))
         metrics = result.metrics
-        out.append({"mean": metrics["eval/mean_return"], "std": metrics["eval/std_return"],
-                    "score": metrics["eval/score"], "seconds": seconds})
+        out.append({"mean": metrics[EVAL_MEAN_RETURN], "std": metrics[EVAL_STD_RETURN],
+                    "score": metrics[EVAL_SCORE], "seconds": seconds})
     return out
 
 

@@ -1,1 +1,3 @@
-"""Entry points (train, sweep, evaluate) and the glue between Hydra, Ray Tune and MLflow."""
+"""The entry points (train, sweep, evaluate, report, package) and, beneath them, one
+sub-package per concern: config/, cluster/, tracking/, results/, tune/ (docs/design.md,
+"The rooms of pipelines/")."""

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from pipelines import private_api
-from pipelines.config import CONF_DIR, GROUPS, UserError, group_options
+from pipelines.config.compose import CONF_DIR, GROUPS, UserError, group_options
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 HYDRA_FLAGS = ("--cfg job|hydra|all", "--resolve", "--package/-p", "--info [what]",
@@ -52,8 +52,8 @@ def _hydra():
 def _shown_overrides(overrides: list[str], sweep: bool) -> tuple[list[str], str]:
     """The overrides whose config --cfg / --info show (validated first: bad input is
     exit 2), credentials out of the tracking URI, and a line naming the swept dimensions."""
-    from pipelines.space import plan_sweep
-    from pipelines.tracking_uri import redact_uri
+    from pipelines.config.space import plan_sweep
+    from pipelines.tracking.uri import redact_uri
 
     plan = plan_sweep(overrides, sweep_params=sweep)
     shown = [f"tracking.uri={redact_uri(o.split('=', 1)[1])}"
@@ -84,6 +84,8 @@ def run_main(
     line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # MLflow's client prints two links at each run's end on a server: ours says where.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         try:
             args, unknown = _parser().parse_known_args(argv)

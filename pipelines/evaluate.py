@@ -1,7 +1,7 @@
 """python -m pipelines.evaluate evaluate.model=<model URI> (or evaluate.run_id=<run>): a
 logged agent plays, greedily, and the result is recorded as a run of its own.
 
-The model is an mlflow.pyfunc model of data (pipelines.models); its manifest says which
+The model is an mlflow.pyfunc model of data (pipelines.tracking.models); its manifest says which
 algorithm, env and evaluation seeds it was trained and evaluated with. Runs in this
 process: no Ray is needed to play.
 """
@@ -12,7 +12,7 @@ import json
 
 from algos.core.metrics import EVAL_MEAN_RETURN, EVAL_SCORE, EVAL_STD_RETURN
 from pipelines.cli import exit_with, run_main
-from pipelines.config import UserError, compose_config, parse_overrides
+from pipelines.config.compose import UserError, compose_config, parse_overrides
 
 SUMMARY = ("Play a logged agent (an MLflow model) greedily; record eval/* in a new MLflow run "
            "tagged with\nthe model and its source run, and print one JSON line.")
@@ -29,7 +29,7 @@ def resolve_model(client, uri: str, model: str | None, run_id: str | None) -> st
     """The model URI to play; bad input (UserError) when it does not resolve."""
     from mlflow.exceptions import MlflowException
 
-    from pipelines.models import run_model_uri
+    from pipelines.tracking.models import run_model_uri
 
     if run_id:
         try:
@@ -62,8 +62,9 @@ def _body(args: list[str]) -> int:
     from pathlib import Path
 
     from algos.core.agents import AgentFileError
-    from pipelines.models import load_logged_agent, play
-    from pipelines.tracking_uri import readable_store
+    from pipelines.results.play import play
+    from pipelines.tracking.models import load_logged_agent
+    from pipelines.tracking.uri import readable_store
 
     parsed = parse_overrides(args)
     for o in parsed:
@@ -105,7 +106,7 @@ def _record(uri, cfg, model_uri: str, manifest, seeds, figures):
     """The evaluation's own run: tagged with the model and its source run, eval/*."""
     import uuid
 
-    from pipelines.tracking import RunLogger, get_or_create_experiment
+    from pipelines.tracking.run_logger import RunLogger, get_or_create_experiment
 
     source = manifest.get("source_run_id")
     experiment = cfg.tracking.experiment or "evaluations"

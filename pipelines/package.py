@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import exit_with, run_main
-from pipelines.config import UserError, compose_config, parse_overrides
+from pipelines.config.compose import UserError, compose_config, parse_overrides
 
 SUMMARY = ("Pack a logged agent (an MLflow model) for the Hugging Face Hub: the model, a "
            "model card,\nresults.json, replay.mp4 and the hyperparameters; push it with "
@@ -170,7 +170,7 @@ def write_package(folder: Path, local_model: Path, agent, manifest: dict[str, An
 
     from huggingface_hub import metadata_save
 
-    from pipelines.models import play
+    from pipelines.results.play import play
 
     shutil.copytree(local_model, folder, dirs_exist_ok=True)
     video = folder / "replay.mp4" if cfg.video else None
@@ -227,8 +227,8 @@ def _body(args: list[str]) -> int:
     from algos.core.agents import AgentFileError
     from algos.registry import load_agent
     from pipelines.evaluate import check_model_arg
-    from pipelines.models import download_model
-    from pipelines.tracking_uri import readable_store
+    from pipelines.tracking.models import download_model
+    from pipelines.tracking.uri import readable_store
 
     for o in parse_overrides(args):
         if o.is_sweep_override():

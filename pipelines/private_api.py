@@ -15,13 +15,22 @@ an upgrade that changes one fails there, by name, not somewhere in a run.
   marks an artifact as a table.
 - Ray: this machine's resources as a local Ray will see them, before Ray starts; the
   cluster's key-value store, where trials leave their progress for the driver; a PBT
-  member's schedule as Tune's PopulationBasedTrainingReplay reads its policy file.
+  member's schedule as Tune's PopulationBasedTrainingReplay reads its policy file; what
+  PBT keeps of each member (its last time, whether it perturbs in lockstep), to choose
+  which member runs next; the group a Repeater keeps for each repeated configuration;
+  the Optuna study of an OptunaSearch as Tune saved it beside a run, and the scheduler
+  a Tuner pickled there (what the tests read back to see what a sweep told Optuna and
+  which scheduler ran).
+
+tests/test_private_api.py checks that no other module of pipelines/ or benchmarks/ reads a
+private attribute of another library, and that its own tests call every function here.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import threading
 from collections.abc import Iterator
 
 # ----- Hydra --------------------------------------------------------------------------
@@ -69,6 +78,12 @@ def is_none(node) -> bool:
 
 # ----- MLflow -------------------------------------------------------------------------
 
+_STORE_LOCK = threading.RLock()
+"""Held while mlflow_store has the process-wide URIs set: two threads registering at once
+(tests/test_team_server.py's race) would otherwise restore each other's URI and leave the
+process pointed at a store it was never meant to use."""
+
+
 @contextlib.contextmanager
 def mlflow_store(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking and registry URIs set to `uri` for the block, then
@@ -79,17 +94,18 @@ def mlflow_store(uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    saved = registry._registry_uri, MLFLOW_REGISTRY_URI.get()
-    with _use_tracking_uri(uri):
-        registry.set_registry_uri(uri)
-        try:
-            yield
-        finally:
-            registry._registry_uri = saved[0]
-            if saved[1] is None:
-                MLFLOW_REGISTRY_URI.unset()
-            else:
-                MLFLOW_REGISTRY_URI.set(saved[1])
+    with _STORE_LOCK:  # process state: threads of one process take turns
+        saved = registry._registry_uri, MLFLOW_REGISTRY_URI.get()
+        with _use_tracking_uri(uri):
+            registry.set_registry_uri(uri)
+            try:
+                yield
+            finally:
+                registry._registry_uri = saved[0]
+                if saved[1] is None:
+                    MLFLOW_REGISTRY_URI.unset()
+                else:
+                    MLFLOW_REGISTRY_URI.set(saved[1])
 
 
 TABLE_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
@@ -164,3 +180,53 @@ def pbt_schedule(policy_file: str) -> tuple[dict, list[tuple[int, dict]]]:
 
     replay = PopulationBasedTrainingReplay(policy_file)
     return dict(replay.config), [(int(at), dict(config)) for at, config in replay._policy]
+
+
+def pbt_synchronous(scheduler) -> bool:
+    """Whether a PBT or PB2 scheduler perturbs its members in lockstep (synch=True)."""
+    return bool(scheduler._synch)
+
+
+def pbt_last_train_time(scheduler, trial) -> float:
+    """The time_attr of a member's last result, as PBT keeps it for choosing which member
+    runs next (-inf before it reported)."""
+    return float(scheduler._trial_state[trial].last_train_time)
+
+
+def pbt_next_sync(scheduler) -> float:
+    """The time_attr at which a synchronous PBT perturbs next."""
+    return float(scheduler._next_perturbation_sync)
+
+
+def repeater_group(repeater, trial_id: str):
+    """The group of repeated trials a Tune Repeater keeps for one of its trials (None: not
+    one of its trials)."""
+    return repeater._trial_id_to_group.get(trial_id)
+
+
+def repeater_group_trials(group) -> list[str]:
+    """The trial ids of a Repeater's group, in the order it made them."""
+    return list(group._trials)
+
+
+def optuna_study(experiment_folder: str):
+    """The optuna.Study of the OptunaSearch whose state Tune saved in a run's folder
+    (searcher-state-<session>.pkl, the newest; Tune saves the innermost searcher, so the
+    one inside a Repeater too): every trial Optuna asked for, with the value it was told.
+    OptunaSearch keeps the study in _ot_study."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(experiment_folder)
+    return searcher._ot_study
+
+
+def tuner_scheduler(experiment_folder: str):
+    """The trial scheduler a Tune run was given, as the Tuner pickled it into the run's
+    folder when it was made (tuner.pkl, which Tuner.restore reads: its state before the
+    run, under the key _tune_config)."""
+    import pickle
+    from pathlib import Path
+
+    state = pickle.loads((Path(experiment_folder) / "tuner.pkl").read_bytes())
+    return state["_tune_config"].scheduler

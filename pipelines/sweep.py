@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     def sweep(args: list[str]) -> int:
-        from pipelines import runner
+        from pipelines.tune import driver as runner
 
         return runner.sweep(args, started)
 

@@ -23,12 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     def train(args: list[str]) -> int:
-        from pipelines import runner
+        from pipelines.tune import driver as runner
 
         return runner.train(args, started)
 
     def multirun(args: list[str]) -> int:  # -m: the overrides run as a sweep, as Hydra's
-        from pipelines import runner
+        from pipelines.tune import driver as runner
 
         return runner.sweep(args, started)
 

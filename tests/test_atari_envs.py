@@ -75,7 +75,7 @@ def test_an_atari_video_is_the_episode_at_native_resolution(tmp_path):
     import torch
 
     from algos.core.agents import NetworkAgent
-    from pipelines.models import record_episode
+    from pipelines.results.play import record_episode
 
     env = make_env(BREAKOUT)
     factory = NetworkFactory("auto", ())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
 
 DESIGN_METRICS = (
     "train/episode_return", "train/env_steps", "eval/mean_return", "eval/std_return",
@@ -75,7 +75,7 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
                                                 artifact_path=videos[0],
                                                 tracking_uri=client.tracking_uri)
     assert next(imageio_ffmpeg.read_frames(local))["size"] == (160, 210)
-    from tests.conftest import assert_models_once, assert_no_step_twice
+    from tests.helpers import assert_models_once, assert_no_step_twice
 
     assert_no_step_twice(client, run)
     assert_models_once(client, run)
@@ -86,7 +86,7 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
     # and learning went on right after the resume (a refilled memory learns again only
     # learning_starts = 2,000 steps later, here never): one update per 4 env steps from
     # step 2,000 on.
-    from pipelines.trial import load_state
+    from pipelines.tune.checkpoints import load_state
 
     checkpoints = sorted(results.glob("train-*/trial_*/checkpoint_*"))
     state, origin = load_state(checkpoints[-1])
@@ -103,7 +103,7 @@ def test_pong_with_two_rollout_workers_checkpoints_and_resumes(workdir):
 
     from algos.core.envs import make_env
     from algos.registry import get_algorithm
-    from pipelines.config import compose_config
+    from pipelines.config.compose import compose_config
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     models = client.search_logged_models([exp.experiment_id])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.helpers import free_port, run_cli
 
 TRAIN, SWEEP, EVALUATE = "pipelines.train", "pipelines.sweep", "pipelines.evaluate"
 REPORT = "pipelines.report"
@@ -87,6 +87,8 @@ CASES = [
     (TRAIN, ["--cfg", "jobs"], ["--cfg", "invalid choice: 'jobs'", "'job', 'hydra', 'all'"]),
     (TRAIN, ["--resolve"], ["--resolve", "with --cfg"]),
     (TRAIN, ["progress.tune_verbose=5"], ["progress.tune_verbose", "0, 1, 2, 3"]),
+    (SWEEP, ["experiment=frozenlake_course", "experiment=frozenlake_course,taxi_course"],
+     ["experiment: given a value (experiment=frozenlake_course) and a sweep", "give one"]),
     (SWEEP, ["progress.every_s=1,2"], ["progress", "cannot be swept"]),
     (SWEEP, ["sweep=nope"], ["sweep=nope", "quickstart"]),
     (SWEEP, ["algo.lr=interval(0.1"], ["algo.lr=interval(0.1", "not a valid override"]),
@@ -96,7 +98,7 @@ CASES = [
     (SWEEP, ["sweep.search=grid", "algo.lr=interval(0.1,0.5)"], ["sweep.search=grid", "algo.lr"]),
     (SWEEP, ["sweep.search=bayes"], ["sweep.search", "optuna"]),
     (SWEEP, ["sweep.scheduler.name=hyperbandit"], ["sweep.scheduler.name", "asha", "pbt"]),
-    # Schedulers and searches over seeds (pipelines/schedulers.py).
+    # Schedulers and searches over seeds (pipelines/tune/schedulers.py).
     (SWEEP, ["sweep=taxi_pbt", "sweep.scheduler.quantile_fraction=0.7"],
      ["sweep.scheduler.quantile_fraction=0.7", "(0.0, 0.5]"]),
     (SWEEP, ["sweep=taxi_pbt", "sweep.scheduler.perturbation_interval=0"],

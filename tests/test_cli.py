@@ -8,8 +8,7 @@ import os
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import run_cli, run_in_process
-from tests.test_pipeline import SMALL, runs_of
+from tests.helpers import run_cli, run_in_process, runs_of
 
 
 def test_cfg_job_hydra_and_all_print_what_hydra_prints_and_run_nothing(workdir):
@@ -47,15 +46,18 @@ def test_info_prints_hydras_defaults_tree_and_search_path(workdir):
     assert not info.ray_started
 
 
-def test_train_with_multirun_runs_the_sweep(workdir):
-    result = run_cli("pipelines.train", ["-m", *SMALL, "seed=0,1", "sweep.name=multi"],
-                     workdir)
+def test_train_with_multirun_runs_the_sweep_over_a_config_group(workdir):
+    # Hydra's -m sweeps config groups as a sweep does: one trial per option.
+    result = run_cli("pipelines.train", [
+        "-m", "experiment=frozenlake_course,taxi_course", "algo.episodes=400",
+        "algo.report_every=100", "cluster.num_cpus=2", "sweep.name=multi"], workdir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     _, parents, children = runs_of(client, "sweeps")
     assert len(parents) == 1 and parents[0].info.run_name == "multi"
-    assert sorted(c.data.tags["seed"] for c in children) == ["0", "1"]
-    assert {c.data.tags["config"] for c in children} == {"base"}
+    assert sorted((c.data.tags["config"], c.data.params["env.id"]) for c in children) == [
+        ("experiment=frozenlake_course", "FrozenLake-v1"), ("experiment=taxi_course", "Taxi-v3")]
+    assert {c.data.tags["seed"] for c in children} == {"0"}
 
 
 def test_tab_completion_of_groups_and_keys(workdir):

@@ -5,17 +5,19 @@ mid-sweep, a real MLflow server; and the refusals of trials no cluster could hol
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import assert_no_step_twice, cli_env, run_cli
+from tests.helpers import assert_no_step_twice, cli_env, run_cli, runs_of
 from tests.ray_cluster import ROOT, LocalCluster
-from tests.test_pipeline import runs_of
 
 TAXI = ["experiment=taxi_course", "algo.episodes=4000", "algo.report_every=500"]
 
@@ -37,8 +39,9 @@ def remote(cluster: LocalCluster) -> list[str]:
 def test_a_sweep_runs_on_both_hosts_and_ships_the_code_to_the_bare_node(
     two_hosts, mlflow_server, workdir
 ):
+    bare_env = {k: v for k, v in two_hosts.env.items() if k != "PYTHONPATH"}  # the node's
     bare = subprocess.run([str(two_hosts.bare_python), "-c", "import algos"],
-                          capture_output=True, cwd=two_hosts.dir)
+                          capture_output=True, cwd=two_hosts.dir, env=bare_env)
     assert bare.returncode != 0, "the bare node's Python imports the project"
     result = run_cli("pipelines.sweep", [
         *TAXI, "seed=range(0,4)", *remote(two_hosts), f"tracking.uri={mlflow_server}",
@@ -70,6 +73,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow  # 40 s with the two-host cluster; test_bad_input refuses on one machine
 @pytest.mark.parametrize("args,expected", REFUSED, ids=["cpus", "gpus", "sqlite"])
 def test_what_a_cluster_cannot_run_is_refused_before_any_trial(
     two_hosts, mlflow_server, workdir, args, expected
@@ -156,6 +160,7 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir
         assert sum(counts) >= 1 and parents[0].data.metrics["pbt/exploits"] == sum(counts)
 
 
+@pytest.mark.slow  # 20 s: a train run beside a dead recorded cluster
 def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir):
     result = run_cli("pipelines.train", ["experiment=frozenlake_course", "algo.episodes=300"],
                      workdir, recorded_address="127.0.0.1:1", timeout=300)
@@ -164,24 +169,26 @@ def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir
 
 
 def test_the_job_ships_the_checkout_and_what_the_trials_need(monkeypatch):
-    from pipelines.cluster import ROOT, runtime_env
-    from pipelines.schema import ClusterConfig
+    from pipelines.cluster.connect import ROOT, runtime_env
+    from pipelines.config.schema import ClusterConfig
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # as run_main sets
     remote = ClusterConfig(kind="remote", address="head:6379", runtime_env=True)
     env = runtime_env(remote, "http://mlflow:5000")
     assert env["working_dir"] == str(ROOT)
     assert {".git", ".venv", "mlflow.db", "ray_results"} <= set(env["excludes"])
     assert env["env_vars"] == {
         "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": "s3cret",
-        "RAY_AUTH_MODE": "token", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+        "RAY_AUTH_MODE": "token", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     image = ClusterConfig(kind="remote", address="head:6379", runtime_env=False)
     assert set(runtime_env(image, "http://mlflow:5000")) == {"env_vars"}
 
 
 def test_a_placement_group_fits_only_where_its_learner_fits_on_one_node():
-    from pipelines.cluster import Node, fits
+    from pipelines.cluster.capacity import Node, fits
 
     def nodes(*cpus, gpus=0.0):
         return [Node(str(i), "ip", "h", float(c), gpus) for i, c in enumerate(cpus)]
@@ -195,8 +202,8 @@ def test_a_placement_group_fits_only_where_its_learner_fits_on_one_node():
 
 
 def test_a_trial_reserves_its_replay_memory_where_it_lives():
-    from pipelines.cluster import GIB, Capacity, Node, refusal, trial_bundles
-    from pipelines.config import compose_and_check
+    from pipelines.cluster.capacity import GIB, Capacity, Node, refusal, trial_bundles
+    from pipelines.config.compose import compose_and_check
 
     host = compose_and_check(["experiment=pong_dqn", "cluster.gpus_per_trial=0"])
     learner = trial_bundles(host)[0]
@@ -216,38 +223,86 @@ def test_a_trial_reserves_its_replay_memory_where_it_lives():
     assert "the largest node of the cluster at h:1 has 5.00 GiB" in why
 
 
+def job_details(cluster: LocalCluster, submission_id: str) -> dict:
+    """What the cluster tells of a job: its runtime env (the working_dir's package), the
+    node its driver ran on, and that node's session folder (where Ray unpacks packages)."""
+    code = (
+        "import json, sys, ray; from pathlib import Path; "
+        "from ray.job_submission import JobSubmissionClient; "
+        "d = JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2]); "
+        "ray.init(address=sys.argv[3], logging_level='ERROR'); "
+        "node = next(n for n in ray.nodes() if n['NodeID'] == d.driver_node_id); "
+        "print(json.dumps({'runtime_env': d.runtime_env, 'driver_node_id': d.driver_node_id, "
+        "'session_dir': str(Path(node['RayletSocketName']).parent.parent)}))")
+    out = subprocess.run([sys.executable, "-c", code,
+                          f"http://127.0.0.1:{cluster.dashboard_port}", submission_id,
+                          cluster.address],
+                         env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow  # 60 s: a head with its job server, a sweep submitted as a Ray Job
 def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
     # As a user would: a head started from the project's install (its `cluster` extra
     # brings the job server), the job server on 127.0.0.1, token authentication on, and
     # `ray job submit --working-dir .` of the sweep with the cluster's defaults
     # (cluster=remote ships the code too: inside a job the job's own working dir does).
-    from pipelines.cluster import SHIP_EXCLUDES
+    # The driver runs in the job's working dir as Ray unpacked it, not in the checkout:
+    # the default storage (ray_results, relative) is resolved there. The trials run on
+    # the cluster's own node.
+    from pipelines.cluster.connect import SHIP_EXCLUDES
 
     store = tmp_path / "store"
     store.mkdir()
-    with LocalCluster(head_cpus=2, dashboard=True, wait=120) as cluster:
-        for _ in range(6):
-            submit = subprocess.run(
-                [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
-                 f"--address=http://127.0.0.1:{cluster.dashboard_port}", "--working-dir=.",
-                 f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
-                 "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
-                 "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
-                 f"cluster.storage_path={store}/ray_results", "sweep.name=as-a-job",
-                 "tracking.system_metrics_every_s=0"],
-                cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
-            out = submit.stdout + submit.stderr
-            # A head just started may not have its job agent yet (the job server waits
-            # 10 s for it, then asks to try again later): nothing was submitted then.
-            if "No available agent" not in out:
-                break
-            time.sleep(10)
-    assert submit.returncode == 0, out[-4000:]
-    assert "succeeded" in out, out[-4000:]
+    name = f"as-a-job-{secrets.token_hex(4)}"
+    in_checkout = ROOT / "ray_results" / name  # where a driver run in the checkout writes
+    try:
+        with LocalCluster(head_cpus=2, dashboard=True, wait=120) as cluster:
+            for attempt in range(6):
+                submission_id = f"{name}-{attempt}"
+                submit = subprocess.run(
+                    [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
+                     f"--address=http://127.0.0.1:{cluster.dashboard_port}",
+                     f"--submission-id={submission_id}", "--working-dir=.",
+                     f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
+                     "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
+                     "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                     f"sweep.name={name}", "tracking.system_metrics_every_s=0"],
+                    cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=500)
+                out = submit.stdout + submit.stderr
+                # A head just started may not have its job agent yet (the job server waits
+                # 10 s for it, then asks to try again later): nothing was submitted then.
+                if "No available agent" not in out:
+                    break
+                time.sleep(10)
+            assert submit.returncode == 0, out[-4000:]
+            assert "succeeded" in out, out[-4000:]
+            # The driver did not run in the checkout: nothing of it in its ray_results.
+            assert not in_checkout.exists(), f"the driver ran in the checkout: {in_checkout}"
+            node_ids = set(cluster.node_ids().values())
+            job = job_details(cluster, submission_id)
+            assert job["driver_node_id"] in node_ids, (job, node_ids)
+            # The job's working dir: its package (gcs://_ray_pkg_<hash>.zip) as Ray unpacked
+            # it on the driver's node, <session>/runtime_resources/working_dir_files/<pkg>.
+            package = job["runtime_env"].get("working_dir", "")
+            assert package.startswith("gcs://_ray_pkg_"), job
+            job_dir = (Path(job["session_dir"]) / "runtime_resources" / "working_dir_files"
+                       / package.removeprefix("gcs://").removesuffix(".zip"))
+            assert (job_dir / "pipelines").is_dir(), job_dir
+            # What the driver wrote beside the Tune run (its TrialContext) is there.
+            written = job_dir / "ray_results" / name / "rlpipe.json"
+            assert written.is_file(), sorted(str(p.relative_to(job_dir))
+                                             for p in job_dir.glob("ray_results/**/*.json"))
+            assert json.loads(written.read_text())["name"] == name
+    finally:
+        shutil.rmtree(in_checkout, ignore_errors=True)  # this run's name only
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     _, parents, children = runs_of(client, "quickstart")
     assert len(parents) == 1 and len(children) == 8
     assert all(c.info.status == "FINISHED" for c in children)
+    # Every trial ran on a node of the job's cluster (not on a Ray of the driver's own).
+    ran_on = Counter(c.data.tags.get("ray.node_id") for c in children)
+    assert set(ran_on) <= node_ids, (ran_on, node_ids)
     for child in children:
         assert_no_step_twice(client, child)

@@ -158,9 +158,9 @@ def test_dockerfile_base_user_and_installs():
     for args in installs:
         assert "-e" not in args and "--editable" not in args, args
         assert "--no-cache-dir" in args, args
-    # compose.yaml's MLflow server: PostgreSQL, and the basic-auth app (Flask-WTF)
-    assert any(re.fullmatch(r"psycopg2-binary==[\d.]+", x) for a in installs for x in a)
-    assert any(x.startswith("mlflow[auth]") for a in installs for x in a)
+    # compose.yaml's MLflow server: the team-server extra of pyproject.toml, read there
+    run = " ".join(args for word, args in _dockerfile() if word == "RUN")
+    assert "['optional-dependencies']['team-server']" in run
 
     copies = _copies()
     assert copies and all(any(f.startswith("--chown=") for f in flags) for flags, _, _ in copies)
@@ -222,7 +222,7 @@ def _documented_sweeps(text: str) -> list[list[str]]:
 
 
 def _check_sweep(args: list[str]) -> None:
-    from pipelines.space import plan_sweep
+    from pipelines.config.space import plan_sweep
 
     plan = plan_sweep(args)  # composes and validates every trial; UserError on bad input
     assert plan.dims, args
@@ -296,13 +296,11 @@ def test_compose_has_no_literal_secrets():
 def test_compose_mlflow_server():
     services = _compose()["services"]
     mlflow = services["mlflow"]
-    command = _command(mlflow)
-    for needed in ("mlflow server", "--serve-artifacts", "--artifacts-destination",
-                   "--app-name basic-auth", "--backend-store-uri postgresql://"):
-        assert needed in command, needed
+    # The team server's module (its flags, and that the tests run the same server:
+    # tests/test_team_server.py), its secrets from the environment.
+    assert _command(mlflow).startswith("python -m pipelines.tracking.team_server ")
     env = _env(mlflow)
-    # MLflow 3.17's auth app: the ini path and the first admin come from the environment
-    assert env["MLFLOW_AUTH_CONFIG_PATH"]
+    assert "POSTGRES_PASSWORD" in env["PGPASSWORD"]
     assert "MLFLOW_TRACKING_USERNAME" in env["MLFLOW_AUTH_ADMIN_USERNAME"]
     assert "MLFLOW_TRACKING_PASSWORD" in env["MLFLOW_AUTH_ADMIN_PASSWORD"]
     assert "/health" in " ".join(mlflow["healthcheck"]["test"])
@@ -449,6 +447,14 @@ def test_rayjob_entrypoint_is_a_valid_sweep():
 # ---------------------------------------------------------------- the install
 
 
+def _dockerignored(folder: str, names: list[str]) -> list[str]:
+    """What .dockerignore keeps out of a copied folder: caches, compiled files, and the
+    results JSON of benchmarks/results (pipelines/results is code)."""
+    results = Path(folder).relative_to(ROOT).as_posix() == "benchmarks/results"
+    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")
+            or (results and n.endswith(".json"))]
+
+
 def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
     """Build a wheel from exactly what the Dockerfile copies, check it holds every config
     as rlpipe_conf/..., install it (not editable) and find the configs from outside a
@@ -459,8 +465,7 @@ def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
         for source in sources:
             path = ROOT / source
             if path.is_dir():
-                shutil.copytree(path, src / source, ignore=shutil.ignore_patterns(
-                    "__pycache__", "*.pyc", "results"))
+                shutil.copytree(path, src / source, ignore=_dockerignored)
             else:
                 shutil.copy2(path, src / source)
     dist = tmp_path / "dist"
@@ -487,7 +492,7 @@ def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
         check=True, capture_output=True, text=True, timeout=300,
     )
     probe = (
-        "import pipelines.config as c, pipelines; "
+        "import pipelines.config.compose as c, pipelines; "
         "print(c.CONF_DIR); print(pipelines.__file__); "
         "print(sorted(c.group_options('experiment')))"
     )
@@ -502,12 +507,12 @@ def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
 
 
 def test_runs_outside_a_checkout_take_the_commit_the_image_recorded(monkeypatch, tmp_path):
-    import pipelines.runner as runner
+    from pipelines.tune import plan
 
     text = (DOCKER / "Dockerfile").read_text()
     assert "ENV RLPIPE_GIT_COMMIT=${GIT_COMMIT}" in text
-    monkeypatch.setattr(runner, "ROOT", tmp_path)  # no .git here: as in the image
+    monkeypatch.setattr(plan, "ROOT", tmp_path)  # no .git here: as in the image
     monkeypatch.setenv("RLPIPE_GIT_COMMIT", "abc123")
-    assert runner.git_commit() == "abc123"
+    assert plan.git_commit() == "abc123"
     monkeypatch.delenv("RLPIPE_GIT_COMMIT")
-    assert runner.git_commit() == "unknown"
+    assert plan.git_commit() == "unknown"

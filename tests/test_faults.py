@@ -19,9 +19,8 @@ from algos.core.finite import NonFiniteError
 from algos.dqn import train as train_dqn
 from algos.q_learning import train as train_q
 from algos.reinforce import train as train_reinforce
-from pipelines.tracking import RunLogger
-from tests.conftest import assert_no_step_twice, run_cli
-from tests.test_pipeline import runs_of
+from pipelines.tracking.run_logger import RunLogger
+from tests.helpers import assert_no_step_twice, run_cli, runs_of
 
 NAN_CARTPOLE = EnvConfig(id="tests.fault_env:NaNRewardCartPole-v0")
 
@@ -64,6 +63,7 @@ def test_non_finite_values_reach_mlflow(tmp_path):
     assert [s for s, _ in history["train/episode_return"]] == [5, 9]
 
 
+@pytest.mark.slow  # 35-65 s: a sweep of a diverging and a healthy trial
 def test_a_diverging_trial_fails_at_once_is_not_retried_and_the_sweep_goes_on(workdir):
     result = run_cli("pipelines.sweep", [
         "algo=dqn", "env=cartpole", "algo.lr=1e12,1e-3", "algo.max_grad_norm=null",
@@ -146,7 +146,7 @@ def test_a_resumed_or_replaced_worker_starts_new_streams_not_replays():
 @pytest.mark.parametrize("replay", [False, True], ids=["memory refilled", "memory restored"])
 def test_a_resumed_dqn_refills_an_unsaved_memory_before_it_learns_again(replay):
     from algos.core.reporting import MemoryReporter
-    from pipelines.config import compose_config
+    from pipelines.config.compose import compose_config
 
     cfg = compose_config(["experiment=cartpole_dqn", "algo.total_steps=5000",
                           "algo.eval_every=1000", "algo.eval_episodes=1",
@@ -180,7 +180,7 @@ def test_a_rollout_worker_killed_mid_run_is_replaced_and_the_trial_not_retried(w
     import tempfile
     import time
 
-    from tests.conftest import cli_env
+    from tests.helpers import cli_env
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths are short
     proc = subprocess.Popen(
@@ -223,7 +223,7 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
     import tempfile
     import time
 
-    from tests.conftest import MlflowServer, cli_env
+    from tests.helpers import MlflowServer, cli_env
 
     server = MlflowServer(tmp_path)
     server.start()
@@ -280,8 +280,8 @@ def test_a_checkpoint_carries_its_report_step(tmp_path):
     # A trial resumed from its last checkpoint reports no more: its final model is
     # stepped at the checkpoint's report step, which the checkpoint carries beside the
     # algorithm's state (a checkpoint from before it was recorded reads as step 0).
-    from pipelines.lineage import Origin
-    from pipelines.trial import STEP_FILE, load_state, save_state
+    from pipelines.tracking.lineage import Origin
+    from pipelines.tune.checkpoints import STEP_FILE, load_state, save_state
 
     state = {"q_table": np.arange(6.0).reshape(2, 3), "episode": 40}
     save_state(state, tmp_path, Origin(step=12_345, run_key="abc/t1", trial_id="t1",

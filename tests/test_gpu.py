@@ -25,10 +25,8 @@ from algos.dqn import (
     train,
     train_phase,
 )
-from pipelines.config import compose_config
-from tests.conftest import run_cli
-from tests.test_pipeline import runs_of
-from tests.test_replay import check_frame_memory_on
+from pipelines.config.compose import compose_config
+from tests.helpers import check_frame_memory_on, run_cli, runs_of
 
 pytestmark = [
     pytest.mark.gpu,

@@ -4,6 +4,7 @@ with tiny counts: every step runs and leaves its files, as one device call would
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli_env
+from tests.helpers import ROOT, cli_env
 
 SCRIPTS = ("benchmarks/gpu_session.sh", "benchmarks/gpu_bundle.sh")
+STEPS = ("imports", "pytest -m gpu", "train", "run", "evaluate", "atari_result", "throughput")
+"""The steps of benchmarks/gpu_session.sh that log an exit line, in order."""
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -35,6 +38,26 @@ def test_the_gpu_session_runs_every_step_on_a_cpu(tmp_path):
                           capture_output=True, text=True, timeout=900)
     session = (out / "session.log").read_text()
     assert proc.returncode == 0 and "done" in session, session + proc.stderr[-2000:]
+    # Each step logs its end: "[hh:mm:ss] <step>: exit <status> <what it printed last>".
+    # The script goes on past a failed step: every one of them exited 0, in order.
+    ends = [(m["step"], int(m["status"]), m["last"]) for m in re.finditer(
+        r"^\[\d\d:\d\d:\d\d\] (?P<step>[\w -]+): exit (?P<status>\d+) ?(?P<last>.*)$",
+        session, re.MULTILINE)]
+    assert [(step, status) for step, status, _ in ends] == [
+        (step, 0) for step in STEPS], session + proc.stderr[-2000:]
+    last = {step: text for step, _, text in ends}
+    assert re.fullmatch(r"\(torch \S+ cuda (True|False) ray \S+ mlflow \S+ gymnasium \S+\)",
+                        last["imports"]), last["imports"]
+    # pytest's summary: the GPU tests ran (skipped without CUDA), none failed or errored.
+    summary = re.fullmatch(r"\((.+) in [\d.]+s( \([\d:]+\))?\)", last["pytest -m gpu"])
+    outcomes = {word for _, word in re.findall(r"(\d+) (\w+)", summary[1] if summary else "")}
+    assert outcomes & {"passed", "skipped"} and outcomes <= {
+        "passed", "skipped", "deselected", "warning", "warnings"}, last["pytest -m gpu"]
+    assert int(re.fullmatch(r"\((\d+) status lines\)", last["train"])[1]) >= 1, last["train"]
+    assert re.fullmatch(r"\([0-9a-f]{32}\)", last["run"]), last["run"]  # the trained run
+    evaluation = json.loads(last["evaluate"])  # pipelines.evaluate's one JSON line
+    assert evaluation["model"].startswith("models:/"), evaluation
+    assert session.rstrip().splitlines()[-1].endswith("] done"), session[-500:]
     # Every file of the call comes back: 8 at most, none in a subfolder.
     files = sorted(p.name for p in out.iterdir())
     assert files == ["pong_dqn_throughput.json", "pytest_gpu.log", "session.log",
@@ -49,6 +72,5 @@ def test_the_gpu_session_runs_every_step_on_a_cpu(tmp_path):
         assert any(n.endswith("MLmodel") for n in tar.getnames())
     modes = json.loads((out / "pong_dqn_throughput.json").read_text())["runs"][-1]["data"]
     assert set(modes["modes"]) == {"cpu", "learner"}
-    assert "exit 0" in session.split("throughput:")[1].splitlines()[0]
     # The results went to the call's folder, not into the checkout's.
     assert checked_in.stat().st_mtime_ns == before

@@ -17,9 +17,11 @@ from mlflow import MlflowClient
 from algos.core.agents import AgentFileError
 from algos.core.reporting import MemoryReporter
 from algos.registry import get_algorithm
-from pipelines.config import compose_and_check, flat_params
-from pipelines.models import load_logged_agent, log_agents
-from pipelines.tracking import RunLogger
+from pipelines.config.compose import compose_and_check
+from pipelines.results.play import held_out_test
+from pipelines.tracking.models import load_logged_agent, log_agents
+from pipelines.tracking.run_logger import RunLogger
+from tests.helpers import batch_for, logged_run
 
 ALGOS = {
     "q_learning": ["experiment=frozenlake_course", "algo.episodes=300", "algo.report_every=100"],
@@ -28,35 +30,6 @@ ALGOS = {
     "reinforce": ["experiment=cartpole_reinforce", "algo.episodes=20", "algo.eval_every=10",
                   "algo.eval_episodes=2", "algo.device=cpu"],
 }
-
-
-def batch_for(composed, result) -> np.ndarray:
-    """A batch of real observations of the env."""
-    from algos.core.envs import make_env
-
-    env = make_env(composed.cfg.env)
-    obs = [env.reset(seed=s)[0] for s in range(8)]
-    env.close()
-    return np.asarray(obs, dtype=result.example_obs().dtype)
-
-
-def logged_run(args: list[str], uri: str, experiment: str, reporter=None):
-    """A run of `args` trained in this process and written to the store `uri` as a trial
-    writes it (params, every report, then its models): (composed, result, run id, the
-    ids of its final and best models)."""
-    composed = compose_and_check(args)
-    cfg = composed.cfg
-    reporter = reporter if reporter is not None else MemoryReporter()
-    result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed, reporter)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    run = client.create_run(exp.experiment_id if exp else client.create_experiment(experiment))
-    logger = RunLogger(uri, run.info.run_id, -np.inf)
-    logger.log_params(flat_params(composed.container))
-    for r in reporter.reports:
-        logger.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
-    ids = log_agents(logger, result, composed, final_step=reporter.reports[-1]["step"])
-    return composed, result, run.info.run_id, ids
 
 
 @pytest.mark.parametrize("algo", list(ALGOS))
@@ -92,9 +65,17 @@ def test_the_logged_model_acts_as_the_agent_in_memory(tmp_path, algo):
     assert [m.step for m in tested] == [last]
     assert [(m.step, m.value) for m in client.get_logged_model(ids["best"]).metrics
             if m.key == "test/score"] == [(last, tested[0].value)]
-    _, manifest = load_logged_agent(f"models:/{ids['best']}", uri)
+    best, manifest = load_logged_agent(f"models:/{ids['best']}", uri)
     assert manifest["test"]["test/score"] == tested[0].value
     assert manifest["evaluation"]["test_seeds"] == evaluation["test_seeds"]
+    # The best model, played again as the run's evaluations play on the seeds it reports,
+    # gives the figures logged: mean, std and their score.
+    cfg = composed.cfg
+    mean, std, _ = composed.algorithm.evaluate(best.model, cfg.env,
+                                               manifest["evaluation"]["test_seeds"], cfg.algo)
+    assert {k: m.value for k in ("test/mean_return", "test/std_return", "test/score")
+            for m in client.get_metric_history(run.info.run_id, k)} == pytest.approx(
+        {"test/mean_return": mean, "test/std_return": std, "test/score": mean - std})
     history = client.get_metric_history(run.info.run_id, "eval/score")
     assert [(m.step, m.value) for m in history] == [
         (r["step"], r["eval/score"]) for r in reporter.reports]
@@ -145,16 +126,23 @@ def test_evaluate_takes_the_same_arguments_and_seeds_for_every_algorithm(algo):
     assert together == alone, (together, alone)
 
 
-@pytest.mark.parametrize("file", ["weights.pt", "model.onnx"])
-def test_a_tampered_file_fails_to_load_with_a_clear_error(tmp_path, file):
+@pytest.fixture(scope="module")
+def dqn_trained():
+    """A short DQN run, trained once for the tests that tamper with its logged files."""
     composed = compose_and_check(ALGOS["dqn"] + ["seed=0"])
     cfg = composed.cfg
-    result = get_algorithm("dqn").train(cfg.algo, cfg.env, cfg.seed)
+    return composed, composed.algorithm.train(cfg.algo, cfg.env, cfg.seed)
+
+
+@pytest.mark.parametrize("file", ["weights.pt", "model.onnx"])
+def test_a_tampered_file_fails_to_load_with_a_clear_error(tmp_path, file, dqn_trained):
+    composed, result = dqn_trained
+    cfg = composed.cfg
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("models"))
     ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed,
-                     final_step=cfg.algo.total_steps)
+                     final_step=cfg.algo.total_steps, test=held_out_test(composed, result))
     mlflow.set_tracking_uri(uri)
     stored = Path(client.get_logged_model(ids["final"]).artifact_location.removeprefix(
         "file://"))
@@ -178,18 +166,20 @@ def test_a_q_learning_run_and_its_model_never_import_torch(tmp_path):
 import sys
 import mlflow, numpy as np
 from mlflow import MlflowClient
-import pipelines.sweep, pipelines.trial, pipelines.report, pipelines.evaluate
+import pipelines.sweep, pipelines.tune.trial, pipelines.report, pipelines.evaluate
 from algos.registry import get_algorithm
-from pipelines.config import compose_and_check
-from pipelines.models import load_logged_agent, log_agents
-from pipelines.tracking import RunLogger
+from pipelines.config.compose import compose_and_check
+from pipelines.results.play import held_out_test
+from pipelines.tracking.models import load_logged_agent, log_agents
+from pipelines.tracking.run_logger import RunLogger
 composed = compose_and_check({ALGOS["q_learning"] + ["seed=0"]!r})
 cfg = composed.cfg
 result = get_algorithm(cfg.algo.name).train(cfg.algo, cfg.env, cfg.seed)
 uri = "sqlite:///{tmp_path / 'mlflow.db'}"
 client = MlflowClient(uri)
 run = client.create_run(client.create_experiment("m"))
-ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed, final_step=1)
+ids = log_agents(RunLogger(uri, run.info.run_id, -np.inf), result, composed, final_step=1,
+                 test=held_out_test(composed, result))
 agent, _ = load_logged_agent("models:/" + ids["best"], uri)
 mlflow.set_tracking_uri(uri)
 mlflow.pyfunc.load_model("models:/" + ids["best"]).predict(np.arange(4))

@@ -9,7 +9,7 @@ import pytest
 from algos.core.reporting import MemoryReporter
 from algos.monte_carlo import episode_returns, mc_update, train
 from algos.registry import get_algorithm
-from pipelines.config import compose_and_check
+from pipelines.config.compose import compose_and_check
 
 
 def test_the_returns_of_a_hand_made_episode():
@@ -127,7 +127,7 @@ def test_train_and_evaluate_run_monte_carlo_unchanged(workdir):
 
     from mlflow import MlflowClient
 
-    from tests.conftest import run_cli, run_in_process
+    from tests.helpers import run_cli, run_in_process
 
     result = run_cli("pipelines.train", ["algo=monte_carlo", "env=frozenlake",
                                          "algo.episodes=2000", "algo.report_every=1000"],

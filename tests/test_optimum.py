@@ -11,7 +11,7 @@ from algos.core.envs import EnvConfig, make_env
 from algos.core.evaluation import play_episodes
 from algos.core.metrics import score
 from algos.core.optimum import optimal_q_table, value_iteration
-from pipelines.config import compose_and_check
+from pipelines.config.compose import compose_and_check
 
 FROZENLAKE = EnvConfig(id="FrozenLake-v1", kwargs={"map_name": "4x4", "is_slippery": False})
 

@@ -12,25 +12,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import assert_no_step_twice, run_cli, run_in_process
+from tests.helpers import SMALL, assert_no_step_twice, run_cli, run_in_process, runs_of
 
-SMALL = [
-    "experiment=frozenlake_course",
-    "algo.episodes=400",
-    "algo.report_every=100",
-    "cluster.num_cpus=2",
-]
 SWEEP6 = SMALL + ["algo.lr=0.5,0.9", "seed=range(0,3)", "sweep.name=six"]
-
-
-def runs_of(client: MlflowClient, experiment: str):
-    """(parents, children) of an experiment."""
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, [e.name for e in client.search_experiments()]
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return exp, parents, children
 
 
 def check_six_trial_sweep(client: MlflowClient, result, experiment: str = "sweeps"):
@@ -90,7 +74,7 @@ def check_summary(client: MlflowClient, parent, children) -> None:
     import numpy as np
     from scipy import stats
 
-    from pipelines.summary import read_summary
+    from pipelines.results.summary import read_summary
 
     workdir = Path(tempfile.mkdtemp(prefix="summary-"))
     configs = {c.data.tags["config"] for c in children}
@@ -125,6 +109,19 @@ def check_summary(client: MlflowClient, parent, children) -> None:
     assert parent.data.metrics["best/frozenlake/iqm"] == pytest.approx(winner["iqm"])
     tested = next(r for r in rows if r["at"] == "test" and r["config"] == winner["config"])
     assert parent.data.metrics["best/frozenlake/test_iqm"] == pytest.approx(tested["iqm"])
+    # The other configuration against the best: P(X > best) over their last scores.
+    compared = read_summary(client.download_artifacts(parent.info.run_id, "comparisons.json",
+                                                      str(workdir)))
+    other = (configs - {winner["config"]}).pop()
+    assert [(c["env"], c["config"], c["against"]) for c in compared] == [
+        ("frozenlake", other, winner["config"])]
+    last = {config: [c.data.metrics["eval/score"] for c in children
+                     if c.data.tags["config"] == config] for config in configs}
+    pairs = [(x > y) + 0.5 * (x == y) for x in last[other] for y in last[winner["config"]]]
+    assert compared[0]["probability"] == pytest.approx(np.mean(pairs))
+    assert compared[0]["probability_low"] <= compared[0]["probability"] <= compared[0][
+        "probability_high"]
+    assert {"comparisons.json", "profiles.png"} <= artifacts
 
 
 def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
@@ -132,6 +129,7 @@ def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     check_six_trial_sweep(client, result)
     assert "Best on frozenlake: algo.lr=" in result.stdout
+    assert "Against the best on frozenlake (algo.lr=" in result.stdout
     # A compact status instead of Tune's tables: its last line says all six are done.
     assert "trials 6/6 done, 0 running, 0 pending | best so far: frozenlake" in result.stdout
     assert "Trial status" not in result.stdout and len(result.stdout.splitlines()) < 40
@@ -187,33 +185,6 @@ def test_sweep_of_six_trials_logs_one_parent_and_six_children(workdir):
     assert missing.stderr.startswith("error: evaluate.run_id=0123456789abcdef: no such run")
 
 
-def test_sweep_against_a_tracking_server_over_http_never_writes_its_credentials(
-        workdir, mlflow_server):
-    """The same sweep into a real `mlflow server` over HTTP, given a URI with a user and a
-    password: the credentials go to the client, never into a param, tag, config, Tune file
-    or printed line."""
-    secret = "s3cr3t-pw"
-    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
-    result = run_cli("pipelines.sweep", SWEEP6 + [f"tracking.uri={uri}"], workdir)
-    client = MlflowClient(mlflow_server)
-    check_six_trial_sweep(client, result)
-    assert result.last_line.startswith("See the runs of experiment 'sweeps' at http://127.0.0.1:")
-    assert not (workdir / "mlflow.db").exists()
-    assert secret not in result.stdout + result.stderr
-    _, parents, children = runs_of(client, "sweeps")
-    local = client.download_artifacts(children[0].info.run_id, "config.yaml", str(workdir))
-    assert "FrozenLake-v1" in Path(local).read_text()
-    for run in parents + children:
-        assert secret not in json.dumps([run.data.params, run.data.tags])
-        config = client.download_artifacts(run.info.run_id, "config.yaml", str(workdir))
-        assert secret not in Path(config).read_text()
-    for path in (workdir / "ray_results").rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
-    shown = run_in_process("pipelines.sweep", [f"tracking.uri={uri}", "--cfg", "job"], workdir)
-    assert secret not in shown.stdout and "alice:***@" in shown.stdout
-
-
 def test_train_is_one_run_without_a_parent(workdir):
     result = run_cli("pipelines.train", SMALL + ["seed=5", "tracking.register=true",
                                                  "tracking.video_every=2"], workdir)
@@ -256,10 +227,11 @@ def test_train_is_one_run_without_a_parent(workdir):
                      result.stdout, re.M), result.stdout
 
 
+@pytest.mark.slow  # 30-45 s: a 60,000-episode Taxi run
 def test_a_train_status_line_moves_between_reports(workdir):
     """One report at the end of 60,000 Taxi episodes (about 10 s): the status line still
     counts the episodes as they go (the trial's progress notes), and the time left
-    shrinks."""
+    shrinks (over the run: one estimate may tick up when the machine is busy)."""
     result = run_cli("pipelines.train", [
         "experiment=taxi_course", "algo.episodes=60000", "algo.report_every=60000",
         "progress.every_s=1", "cluster.num_cpus=2"], workdir)
@@ -271,10 +243,11 @@ def test_a_train_status_line_moves_between_reports(workdir):
     assert done == sorted(done) and done[-1] == 60_000
     left = [int(m.group(1)) for n, rest in lines if 0 < int(n.replace(",", "")) < 60_000
             for m in [re.search(r"~(\d+)s left", rest)] if m]
-    assert left == sorted(left, reverse=True), result.stdout
+    assert len(left) >= 2 and left[-1] < left[0], result.stdout
 
 
-@pytest.mark.parametrize("mode", ["raise", pytest.param("exit", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 27 s each; checkpoints restore in process in tests/test_faults.py
+@pytest.mark.parametrize("mode", ["raise", "exit"])
 def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, mode):
     """The env fails once at training episode 250 (after checkpoints at 100 and 200): by an
     exception, or by killing the worker process. Tune restarts the trial from episode 200;
@@ -298,7 +271,7 @@ def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, 
     # Reports at episodes 100, 200 (checkpoints 0 and 1), the crash at 250: restored from
     # the checkpoint of episode 200.
     assert restored[0].data.tags["rlpipe.restored_from"].endswith("checkpoint_000001")
-    from tests.conftest import assert_models_once, assert_no_step_twice
+    from tests.helpers import assert_models_once, assert_no_step_twice
 
     for child in children:
         assert child.info.status == "FINISHED"
@@ -313,8 +286,8 @@ def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, 
     from algos.core.envs import EnvConfig
     from algos.core.reporting import MemoryReporter
     from algos.q_learning import train
-    from pipelines.config import compose_config
-    from pipelines.models import load_logged_agent
+    from pipelines.config.compose import compose_config
+    from pipelines.tracking.models import load_logged_agent
 
     crashed = restored[0]
     cfg = compose_config(["algo=q_learning", "algo.episodes=400", "algo.report_every=100"]).cfg
@@ -330,6 +303,7 @@ def test_a_failed_trial_restarts_from_its_checkpoint_into_the_same_run(workdir, 
     assert np.array_equal(agent.table, result.q_table)
 
 
+@pytest.mark.slow  # 25-35 s; tests/test_sweep_space.py checks the domains without Ray
 def test_random_search_samples_intervals_on_a_log_scale(workdir):
     args = SMALL + ["algo.lr=tag(log,interval(0.05,0.9))", "algo.gamma=interval(0.8,0.99)",
                     "sweep.search=random", "sweep.num_samples=3", "sweep.name=rand"]
@@ -344,13 +318,14 @@ def test_random_search_samples_intervals_on_a_log_scale(workdir):
     assert parents[0].data.params["space.algo.lr"] == "tag(log,interval(0.05,0.9))"
 
 
+@pytest.mark.slow  # 30 s; test_cli's multirun sweeps a config group in the default suite
 def test_optuna_with_asha_over_config_groups(workdir):
     """Optuna proposes every trial (its study, saved in the sweep's state, holds the four
     configurations the runs trained), and ASHA stops the weak ones at its first rung (one
     trial at a time, so the rungs fill in a fixed order)."""
-    import pickle
+    from pipelines import private_api
 
-    args = SMALL + [
+    args = [a for a in SMALL if not a.startswith("experiment=")] + [
         "experiment=frozenlake_course,taxi_course", "algo.episodes=600",
         "algo.lr=tag(log,interval(0.1,0.9))", "sweep.search=optuna", "sweep.num_samples=4",
         "sweep.scheduler.name=asha", "sweep.scheduler.max_t=6", "sweep.scheduler.grace_period=2",
@@ -363,8 +338,7 @@ def test_optuna_with_asha_over_config_groups(workdir):
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.params["env.id"] for c in children} <= {"FrozenLake-v1", "Taxi-v3"}
     assert all(c.info.status == "FINISHED" for c in children)
-    [state] = (workdir / "ray_results" / "tpe").glob("searcher-state-*.pkl")
-    study = pickle.loads(state.read_bytes())["_ot_study"]
+    study = private_api.optuna_study(str(workdir / "ray_results" / "tpe"))
     proposed = sorted(t.params["algo.lr"] for t in study.trials)
     assert proposed == pytest.approx(sorted(float(c.data.params["algo.lr"]) for c in children))
     reports = {c.info.run_id: len(client.get_metric_history(c.info.run_id, "eval/score"))
@@ -372,7 +346,7 @@ def test_optuna_with_asha_over_config_groups(workdir):
     stopped = [c for c in children if reports[c.info.run_id] < 6]
     assert stopped and all(reports[c.info.run_id] == 2 for c in stopped), reports  # rung 2
     assert all(c.data.tags.get("tune.stopped_early") == "true" for c in stopped)
-    from pipelines.summary import read_summary
+    from pipelines.results.summary import read_summary
 
     rows = read_summary(client.download_artifacts(parents[0].info.run_id, "summary.json",
                                                   str(workdir)))
@@ -399,7 +373,7 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
     import tempfile
     import time
 
-    from tests.conftest import assert_models_once, assert_no_step_twice, cli_env
+    from tests.helpers import assert_models_once, assert_no_step_twice, cli_env
 
     args = ["experiment=taxi_course", "seed=range(0,4)", "cluster.num_cpus=2",
             "cluster.checkpoint_every_s=0", "tracking.system_metrics_every_s=1",
@@ -472,7 +446,7 @@ def test_an_interrupted_sweep_resumes_without_losing_or_duplicating_runs(workdir
         assert child.data.metrics["eval/score"] >= 4.5
 
 
-@pytest.mark.slow  # 28 s; test_optuna_with_asha_over_config_groups sweeps groups by default
+@pytest.mark.slow  # 28 s; test_cli's multirun sweeps a config group by default
 def test_a_sweep_over_dqn_and_double_dqn_on_cartpole(workdir):
     args = ["experiment=cartpole_dqn", "algo=dqn,ddqn", "seed=0,1", "algo.total_steps=3000",
             "algo.learning_starts=500", "algo.eval_every=1500", "algo.eval_episodes=2",
@@ -524,6 +498,7 @@ def test_a_reinforce_sweep_over_learning_rate_and_seed(workdir):
     assert json.loads(played.last_line)["episodes"] == 2
 
 
+@pytest.mark.slow  # 50 s: two sweeps; tests/test_travel.py registers in the default suite
 def test_a_sweep_registers_its_best_model_and_a_worse_sweep_does_not_move_the_alias(workdir):
     """Champion and challenger: the first sweep's best trial's best model becomes version 1
     with alias best; a worse second sweep adds version 2 and leaves the alias. Then the
@@ -563,33 +538,3 @@ def test_a_sweep_registers_its_best_model_and_a_worse_sweep_does_not_move_the_al
     while capture.read()[0]:
         frames += 1
     assert frames == figures["video_frames"]
-
-
-@pytest.mark.slow  # 30 s: the default job, 8 trials
-def test_the_default_job_registers_taxi_at_or_below_the_optimum_on_held_out_seeds(workdir):
-    # The best agent is picked by its evaluations, on the run's evaluation seeds: scored
-    # there, a Taxi agent can beat the optimal policy by luck (4.927 against 4.853 was
-    # seen). What is reported and registered is measured on held-out seeds, where the
-    # optimal policy bounds it.
-    from algos.core.agents import TableAgent
-    from algos.core.envs import make_env
-    from algos.core.evaluation import play_episodes
-    from algos.core.metrics import score
-    from algos.core.optimum import optimal_q_table
-    from pipelines.config import compose_and_check
-    from pipelines.models import load_logged_agent
-
-    result = run_cli("pipelines.sweep", ["sweep=quickstart"], workdir, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    version = client.get_model_version_by_alias("quickstart-taxi", "best")
-    registered = float(version.tags["test/score"])
-    assert f"(test/score {registered:.4g} on held-out seeds)" in result.stdout
-    _, manifest = load_logged_agent("models:/quickstart-taxi@best", uri)
-    seeds = manifest["evaluation"]["test_seeds"]
-    assert not set(seeds) & set(manifest["evaluation"]["seeds"])
-    cfg = compose_and_check(["experiment=taxi_course"]).cfg
-    optimum = TableAgent(optimal_q_table(make_env(cfg.env), cfg.algo.gamma))
-    mean, std, _ = play_episodes(cfg.env, seeds, optimum.act, cfg.algo.max_steps)
-    assert registered <= score(mean, std) + 1e-9, (registered, score(mean, std))

@@ -1,17 +1,51 @@
 """Every private API this project uses (pipelines/private_api.py), called against the
-installed Hydra, OmegaConf, MLflow and Ray: an upgrade that moves one fails here, by name."""
+installed Hydra, OmegaConf, MLflow and Ray: an upgrade that moves one fails here, by name.
+And the fence: no other module of pipelines/ or benchmarks/ reads another library's
+private attribute or imports its private module."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import json
 import math
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from omegaconf import MISSING, OmegaConf
 
 from pipelines import private_api
-from pipelines.config import CONF_DIR
+from pipelines.config.compose import CONF_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = sorted(name for name, f in vars(private_api).items()
+                   if inspect.isfunction(f) and f.__module__ == private_api.__name__
+                   and not name.startswith("_"))
+CALLED: set[str] = set()
+"""The functions of private_api the tests of this module called."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def record_calls():
+    """Every private_api function, wrapped for this module's tests to note its calls."""
+    originals = {name: getattr(private_api, name) for name in FUNCTIONS}
+
+    def recorder(name, f):
+        @functools.wraps(f)
+        def called(*args, **kwargs):
+            CALLED.add(name)
+            return f(*args, **kwargs)
+        return called
+
+    for name, f in originals.items():
+        setattr(private_api, name, recorder(name, f))
+    yield
+    for name, f in originals.items():
+        setattr(private_api, name, f)
 
 
 def test_hydras_argument_parser_reads_hydras_flags():
@@ -114,12 +148,181 @@ def test_tunes_pbt_replay_reads_a_members_lineage(tmp_path):
     assert changes == [(3, a), (5, b)]
 
 
-@pytest.mark.parametrize("name", [n for n in dir(private_api) if callable(
-    getattr(private_api, n)) and not n.startswith("_") and getattr(
-    private_api, n).__module__ == private_api.__name__])
-def test_every_private_api_function_has_a_test_here(name):
-    import inspect
-    import sys
+def test_tunes_pbt_keeps_each_members_last_time_and_its_lockstep(ray_session, tmp_path):
+    # A real, small PBT run of two members on one slot: each time a slot frees, the fair
+    # scheduler reads what PBT keeps of every member through private_api.
+    from ray import tune
 
-    source = inspect.getsource(sys.modules[__name__])
-    assert f"private_api.{name}(" in source, f"{name} is not exercised by a test"
+    from pipelines.tune.fair_pbt import FairPopulationBasedTraining
+
+    seen: list[tuple[bool, float, list[float]]] = []
+
+    class Watched(FairPopulationBasedTraining):
+        def choose_trial_to_run(self, tune_controller):
+            trials = tune_controller.get_trials()
+            seen.append((private_api.pbt_synchronous(self), private_api.pbt_next_sync(self),
+                         [private_api.pbt_last_train_time(self, t) for t in trials]))
+            return super().choose_trial_to_run(tune_controller)
+
+    def trainable(config):
+        start = 0
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                start = int((Path(folder) / "i").read_text())
+        for i in range(start + 1, 5):
+            with tempfile.TemporaryDirectory() as folder:
+                (Path(folder) / "i").write_text(str(i))
+                tune.report({"score": config["lr"] * i},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+
+    scheduler = Watched(time_attr="training_iteration", perturbation_interval=2, synch=True,
+                        hyperparam_mutations={"lr": tune.uniform(0.1, 1.0)})
+    # One slot: each member takes both CPUs of the session's Ray. (max_concurrent_trials=1
+    # would not make the second member until the first had ended: no population, and
+    # nothing to exploit.)
+    results = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 2}), param_space={"lr": tune.uniform(0.1, 1.0)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler,
+                                    num_samples=2, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    assert [r.metrics["training_iteration"] for r in results] == [4, 4]
+    # The lower member exploited the other (Tune logs each exploit as a line of
+    # pbt_global.txt: target, donor, their iterations, the donor's config, the explored
+    # one), and explored from the donor's lr.
+    exploits = [json.loads(line) for path in tmp_path.glob("*/pbt_global.txt")
+                for line in path.read_text().splitlines()]
+    assert exploits, "no member exploited"
+    assert all(target != donor and new["lr"] != old["lr"]
+               for target, donor, _, _, old, new in exploits), exploits
+    assert seen and all(lockstep for lockstep, _, _ in seen)
+    assert all(time <= 0 for time in seen[0][2])  # nobody had reported yet
+    assert max(max(times) for _, _, times in seen) >= 2  # a member's report, as PBT kept it
+    assert seen[-1][1] >= 4  # the next sync moved on past the first interval
+
+
+def test_tunes_repeater_keeps_a_group_per_repeated_configuration():
+    from ray import tune
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space={"x": tune.uniform(0, 1)}, metric="m", mode="max", seed=0)
+    repeater = Repeater(searcher, repeat=2, set_index=True)
+    first, second = repeater.suggest("t1"), repeater.suggest("t2")
+    assert first["x"] == second["x"]  # one configuration, twice
+    group = private_api.repeater_group(repeater, "t1")
+    assert group is private_api.repeater_group(repeater, "t2")
+    assert private_api.repeater_group_trials(group) == ["t1", "t2"]
+    assert private_api.repeater_group(repeater, "unknown") is None
+
+
+def test_optunas_study_comes_back_from_the_searcher_state_tune_saves(tmp_path):
+    # Saved as Tune saves a run's searcher: two trials told, one asked and not told.
+    from optuna.trial import TrialState
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space={"x": tune.uniform(0, 1)}, metric="m", mode="max", seed=0)
+    told = []
+    for trial_id, value in (("t1", 3.5), ("t2", -1.25)):
+        x = searcher.suggest(trial_id)["x"]
+        searcher.on_trial_complete(trial_id, {"m": value})
+        told.append((x, value))
+    searcher.suggest("t3")
+    searcher.save_to_dir(str(tmp_path), session_str="2026-12-07_01-00-00")
+    study = private_api.optuna_study(str(tmp_path))
+    assert [(t.params["x"], t.value) for t in study.trials[:2]] == told
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]
+
+
+def test_the_scheduler_a_tuner_pickled_beside_its_run(tmp_path):
+    from ray import tune
+
+    from pipelines.tune.fair_pbt import FairPB2
+
+    scheduler = FairPB2(time_attr="training_iteration", perturbation_interval=2,
+                        hyperparam_bounds={"lr": [0.01, 1.0]})
+    tune.Tuner(lambda config: None, param_space={"lr": tune.uniform(0.01, 1.0)},
+               tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=scheduler),
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="run"))
+    found = private_api.tuner_scheduler(str(tmp_path / "run"))
+    assert type(found) is FairPB2 and found is not scheduler  # unpickled from the file
+    assert private_api.pbt_synchronous(found) is False
+
+
+ALLOWED = {("os", "_exit")}
+"""Names with a leading underscore that are public API (os._exit)."""
+
+
+@functools.cache
+def own_private_names() -> frozenset[str]:
+    """Underscored names the project itself defines (functions, classes, attributes it
+    assigns, module constants): reading those is not reading another library's."""
+    names = set()
+    for path in [*ROOT.glob("algos/**/*.py"), *ROOT.glob("pipelines/**/*.py"),
+                 *ROOT.glob("benchmarks/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name.startswith("_"):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "setdefault" \
+                    and node.args and isinstance(node.args[0], ast.Constant):
+                names.add(str(node.args[0].value))
+    return frozenset(n for n in names if n.startswith("_"))
+
+
+def private_reads(path: Path, own: set[str]) -> list[str]:
+    """Where a module reads another library's private attribute or imports its private
+    module: 'line: what'."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__") and node.attr not in own:
+            owner = node.value.id if isinstance(node.value, ast.Name) else "?"
+            if (owner, node.attr) not in ALLOWED:
+                out.append(f"{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module and any(
+                part.startswith("_") and not part.startswith("__")
+                for part in node.module.split(".")):
+            out.append(f"{node.lineno}: from {node.module}")
+        elif isinstance(node, ast.ImportFrom) and any(
+                a.name.startswith("_") and a.name not in own for a in node.names):
+            out.append(f"{node.lineno}: import of {[a.name for a in node.names]}")
+        elif isinstance(node, ast.Import) and any(
+                part.startswith("_") for a in node.names for part in a.name.split(".")):
+            out.append(f"{node.lineno}: import {[a.name for a in node.names]}")
+    return out
+
+
+def test_the_fence_finds_a_private_read():
+    # The checker itself: the old fair_pbt's and seed_repeater's reads are caught.
+    code = ("def f(self, t, group):\n    return self._synch, self._trial_state[t], "
+            "group._trials\nfrom ray._private.utils import x\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(code)
+    found = private_reads(Path(f.name), own_private_names())
+    assert sorted(line.split(": ")[1] for line in found) == [
+        "._synch", "._trial_state", "._trials", "from ray._private.utils"], found
+
+
+@pytest.mark.parametrize("path", sorted(
+    p.relative_to(ROOT) for p in [*ROOT.glob("pipelines/**/*.py"), *ROOT.glob("benchmarks/*.py")]
+    if p.name != "private_api.py"), ids=str)
+def test_no_other_module_reads_a_private_attribute(path):
+    assert private_reads(ROOT / path, own_private_names()) == []
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_every_private_api_function_is_called_by_a_test_here(name, request):
+    # Last in the module: the recorder saw every test above. Calling, not naming, counts.
+    module = sys.modules[__name__]
+    defined = {n for n in vars(module) if n.startswith("test_")
+               and n != "test_every_private_api_function_is_called_by_a_test_here"}
+    selected = {item.originalname for item in request.session.items
+                if getattr(item, "module", None) is module}
+    if not defined <= selected:
+        pytest.skip("only when every test of this module runs")
+    assert name in CALLED, f"private_api.{name} is called by no test of this module"

@@ -11,7 +11,7 @@ from algos.core.envs import EnvConfig, make_env
 from algos.core.reporting import MemoryReporter
 from algos.core.schedules import exponential_epsilon
 from algos.q_learning import QLearningConfig, check_spaces, evaluate, td_update, train
-from pipelines.config import compose_config
+from pipelines.config.compose import compose_config
 
 FROZENLAKE = EnvConfig("FrozenLake-v1", {"map_name": "4x4", "is_slippery": False})
 SLIPPERY = EnvConfig("FrozenLake-v1", {"map_name": "4x4", "is_slippery": True})
@@ -147,7 +147,7 @@ def test_taxi_course_settings_pass_the_course_mark_and_98_percent_of_the_optimum
     assert result.metrics["eval/mean_return"] >= 0.98 * best, result.metrics
 
 
-@pytest.mark.slow  # 30 s each: five seeds of 30,000 slippery episodes
+@pytest.mark.slow  # 40-75 s each: five seeds of 30,000 slippery episodes
 @pytest.mark.parametrize("experiment", ["frozenlake_slippery", "frozenlake_slippery_mc"])
 def test_slippery_frozenlake_reaches_95_percent_of_the_optimum_on_every_seed(experiment):
     # Q-learning (0.753 on average over seeds 0-4) and Monte Carlo control (0.742).

@@ -6,46 +6,7 @@ import numpy as np
 import pytest
 
 from algos.core.replay import FrameReplayBuffer, ReplayBuffer
-
-FRAME = (3, 2)  # tiny frames: the layout, not the size, is under test
-STACK = 4
-
-
-def make_stream(n_envs: int, steps: int, seed: int):
-    """Random episodes per env, stacked like FrameStackObservation (reset padding), with
-    terminations and truncations; reward = a unique transition id."""
-    rng = np.random.default_rng(seed)
-    next_id = 0
-    stacks = {}
-    stream = []
-    for _ in range(steps):
-        for e in range(n_envs):
-            start = e not in stacks
-            if start:
-                first = rng.integers(0, 255, size=FRAME, dtype=np.uint8)
-                stacks[e] = np.stack([first] * STACK)
-            obs = stacks[e]
-            frame = rng.integers(0, 255, size=FRAME, dtype=np.uint8)
-            next_obs = np.concatenate([obs[1:], frame[None]])
-            u = rng.random()
-            terminated, truncated = u < 0.04, 0.04 <= u < 0.07
-            stream.append((e, obs, int(rng.integers(0, 6)), float(next_id), next_obs,
-                           terminated, truncated, start))
-            next_id += 1
-            if terminated or truncated:
-                del stacks[e]
-            else:
-                stacks[e] = next_obs
-    return stream
-
-
-def feed(buffer, stream, chunk: int = 7):
-    for i in range(0, len(stream), chunk):
-        rows = stream[i:i + chunk]
-        cols = list(zip(*rows, strict=True))
-        buffer.add(np.array(cols[0]), np.array(cols[1]), np.array(cols[2]),
-                   np.array(cols[3], dtype=np.float32), np.array(cols[4]),
-                   np.array(cols[5]), np.array(cols[6]), np.array(cols[7]))
+from tests.helpers import FRAME, STACK, check_frame_memory_on, feed, make_stream
 
 
 @pytest.mark.parametrize("n_envs,capacity", [(1, 60), (3, 90), (2, 1000)])
@@ -212,29 +173,6 @@ def test_frame_memory_samples_every_valid_transition_equally_often():
     expected = n / ids.size
     assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected)), (counts.min(),
                                                                      counts.max(), expected)
-
-
-def check_frame_memory_on(device) -> None:
-    """Frames in a torch tensor on `device` sample, save and restore exactly what the
-    numpy memory does with the same seed."""
-    import torch
-
-    stream = make_stream(n_envs=2, steps=400, seed=3)
-    host = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, seed=7)
-    there = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, seed=7, device=device)
-    feed(host, stream)
-    feed(there, stream)
-    assert there.nbytes == host.nbytes and there.obs_nbytes == host.obs_nbytes
-    for _ in range(3):
-        a, b = host.sample(64), there.sample(64)
-        assert b.obs.device.type == torch.device(device).type
-        assert np.array_equal(a.obs, b.obs.cpu().numpy())
-        assert np.array_equal(a.next_obs, b.next_obs.cpu().numpy())
-        assert np.array_equal(a.actions, b.actions) and np.array_equal(a.rewards, b.rewards)
-    restored = FrameReplayBuffer(300, FRAME, stack=STACK, n_envs=2, device=device)
-    restored.load_state_dict(there.state_dict())
-    assert torch.equal(restored.frames, there.frames)
-    assert np.array_equal(restored.count, there.count)
 
 
 def test_frames_in_a_torch_tensor_sample_what_the_numpy_memory_does():

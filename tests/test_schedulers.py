@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from algos.core.schedules import exponential_epsilon
-from tests.conftest import assert_no_step_twice, run_cli
+from tests.helpers import assert_no_step_twice, run_cli
 
 # Taxi Q-learning, four members, a report (and so a chance to exploit) every 1,000 of
 # 6,000 episodes; the learning rates start low, so some members trail and copy others.
-# One CPU: the members take turns, paused and resumed by PBT (pipelines/fair_pbt.py).
+# One CPU: the members take turns, paused and resumed by PBT (pipelines/tune/fair_pbt.py).
 PBT = ["sweep=taxi_pbt", "algo.episodes=6000", "algo.report_every=1000",
        "sweep.scheduler.perturbation_interval=1000", "tracking.system_metrics_every_s=0",
        "sweep.name=pbt", "cluster.num_cpus=1"]
@@ -51,20 +51,47 @@ def _assert_steps_rise(client, run) -> None:
         assert steps == sorted(steps), (key, steps)
 
 
+@pytest.mark.slow  # 163 s on 2 busy shared cores (60-90 s idle): PBT on one CPU, a replay.
+# In the default suite, Tune's exploits: test_private_api's small fair-PBT run; the
+# lineage's bookkeeping: the two exploit tests below (without Ray).
 def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
-    result = run_cli("pipelines.sweep", PBT, workdir)
+    from pipelines.tracking.models import load_logged_agent
+
+    # A population that starves (Tune's own member order: docs/schedulers.md) exploits in
+    # a loop and never ends: it fails here, well before run_cli's default of 10 minutes.
+    result = run_cli("pipelines.sweep", PBT, workdir, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client, parent, children = _runs(workdir, "taxi_pbt")
     assert len(children) == 4
     exploits = {c.info.run_id: [json.loads(v) for k, v in sorted(c.data.tags.items())
                                 if k.startswith("rlpipe.exploit.")] for c in children}
-    assert sum(map(len, exploits.values())) >= 1, "no member exploited"
+    records = [r for rs in exploits.values() for r in rs]
+    # Every exploit Tune made (a line of its pbt_global.txt each: target, donor, their
+    # iterations, the donor's config, the explored one) is recorded once on its member.
+    tune_folder = workdir / "ray_results" / "pbt"
+    logged = [json.loads(line) for line in
+              (tune_folder / "pbt_global.txt").read_text().splitlines()]
+    assert len(records) == len(logged) >= 1, (len(records), len(logged))
+    mutated = ("algo.lr", "algo.epsilon_decay")
+    assert sorted(tuple(r["new"][k] for k in mutated) for r in records) == sorted(
+        tuple(line[5][k] for k in mutated) for line in logged)
     by_trial = {c.data.tags["tune.trial_id"]: c for c in children}
+    budget = 6000
     for child in children:
         _assert_steps_rise(client, child)
+        # Every member reached its budget (the fair scheduler's work): the algorithm's
+        # episodes, which its run counts from its own start (shifted by its last exploit),
+        # and Tune's last result of the trial.
+        mine = exploits[child.info.run_id]
+        shift = mine[-1]["shift"].get("train/episodes", 0.0) if mine else 0.0
+        assert child.data.metrics["train/episodes"] - shift == budget, (child.data.tags[
+            "tune.trial_id"], child.data.metrics["train/episodes"], shift)
+        trial_dir = tune_folder / f"trial_{child.data.tags['tune.trial_id']}"
+        last = json.loads((trial_dir / "result.json").read_text().splitlines()[-1])
+        assert last["train/episodes"] == budget and last["done"], last
         lr, decay = (_history(client, child, f"hp/algo.{k}") for k in ("lr", "epsilon_decay"))
         assert lr[0][0] == 0 and decay[0][0] == 0  # each schedule starts at step 0
-        for record in exploits[child.info.run_id]:
+        for record in mine:
             # The exploit names its donor's trial and run, and the values before and after.
             donor = by_trial[record["donor_trial_id"]]
             assert record["donor_run_id"] == donor.info.run_id
@@ -80,7 +107,7 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
             epsilons = dict(_history(client, child, "train/epsilon"))
             after = [(s, e) for s, e in episodes if s > record["step"]]
             if after and not any(r["step"] > record["step"] and r["step"] <= after[0][0]
-                                 for r in exploits[child.info.run_id] if r is not record):
+                                 for r in mine if r is not record):
                 step, own_episode = after[0]
                 algo_episode = own_episode - record["shift"]["train/episodes"]
                 expected = exponential_epsilon(int(algo_episode) - 1, 1.0, 0.05,
@@ -91,9 +118,19 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
     assert {"lineage.json", "population.png", "summary.json"} <= artifacts
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "lineage.json",
                                                       str(workdir))).read())
-    assert len(table["data"]) == sum(map(len, exploits.values()))
+    assert len(table["data"]) == len(records)
     assert {"trial_id", "step", "donor_trial_id", "donor_run_id", "old.algo.lr",
             "new.algo.lr"} <= set(table["columns"])
+    # Each row holds its exploit's values before and after, as the member's tag has them.
+    rows = {(row["run_id"], row["step"]): row for row in
+            (dict(zip(table["columns"], values, strict=True)) for values in table["data"])}
+    for run_id, mine in exploits.items():
+        for record in mine:
+            row = rows[(run_id, record["step"])]
+            assert set(record["old"]) == set(record["new"]) == set(mutated)
+            for key in mutated:
+                assert (row[f"old.{key}"], row[f"new.{key}"]) == (
+                    record["old"][key], record["new"][key]), (key, row, record)
     tables = json.loads(parent.data.tags["mlflow.loggedArtifacts"])
     assert {"path": "lineage.json", "type": "table"} in tables
     assert parent.data.params["mutation.algo.lr"] == "tag(log, interval(0.01, 1.0))"
@@ -102,7 +139,7 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
 
     # The schedule found is reusable: a fresh train run follows a member's lineage (its
     # ancestors' values, then each explored configuration from the report it took it at)
-    # and, Q-learning being deterministic, ends where the member ended.
+    # and, Q-learning being deterministic, ends with the member's very Q-table.
     member = next(c for c in children if exploits[c.info.run_id])
     trial_id = member.data.tags["tune.trial_id"]
     replay = run_cli("pipelines.train", [f"replay=pbt/{trial_id}", "cluster.num_cpus=2"],
@@ -112,7 +149,12 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
         [client.get_experiment_by_name("q_learning-taxi").experiment_id])
         if r.data.tags.get("rlpipe.replay_of") == f"pbt/{trial_id}")
     _assert_steps_rise(client, run)
-    assert run.data.metrics["train/episodes"] == 6000
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    tables = [load_logged_agent(f"models:/{r.data.tags['model.final']}", uri)[0].table
+              for r in (member, run)]
+    assert tables[0].shape == tables[1].shape == (500, 6)  # Taxi's states and actions
+    assert np.array_equal(tables[0], tables[1])
+    assert run.data.metrics["train/episodes"] == budget
     assert run.data.metrics["eval/score"] == pytest.approx(member.data.metrics["eval/score"])
     last = exploits[member.info.run_id][-1]["new"]
     assert _history(client, run, "hp/algo.lr")[-1][1] == pytest.approx(last["algo.lr"])
@@ -120,17 +162,46 @@ def test_a_pbt_sweep_exploits_and_records_every_exploit_once(workdir):
     assert "model.best" in run.data.tags
 
 
-@pytest.mark.slow  # 50 s; the PBT test above keeps exploits in the default suite
+@pytest.mark.slow  # 99 s on 2 busy shared cores: the PB2 sweep, then 9 HyperBand trials
 def test_pb2_perturbs_and_hyperband_stops_trials(workdir):
+    from pipelines.private_api import tuner_scheduler
+    from pipelines.tune.fair_pbt import FairPB2
+
     pb2 = run_cli("pipelines.sweep", PBT + [
         "sweep.scheduler.name=pb2", "sweep.name=pb2",
-        "sweep.scheduler.mutations={algo.lr: 'interval(0.01, 1.0)'}"], workdir)
+        "sweep.scheduler.mutations={algo.lr: 'interval(0.01, 1.0)'}"], workdir, timeout=300)
     assert pb2.returncode == 0, pb2.stdout[-2000:] + pb2.stderr[-3000:]
     client, parent, children = _runs(workdir, "taxi_pbt")
-    exploited = [c for c in children if "rlpipe.exploits" in c.data.tags]
-    assert exploited, "PB2 perturbed no member"
+    # The override is merged into taxi_pbt's mutations: PB2 explores both, linearly.
+    bounds = {"algo.lr": (0.01, 1.0), "algo.epsilon_decay": (0.0005, 0.05)}
+    assert parent.data.params["mutation.algo.lr"] == "interval(0.01, 1.0)"
+    # PB2 ran, not PBT: the scheduler Tune was given, as it pickled it beside the run.
+    folder = workdir / "ray_results" / "pb2"
+    assert type(tuner_scheduler(str(folder))) is FairPB2
     for child in children:
         _assert_steps_rise(client, child)
+        # Every learning rate a member ran with is inside its interval (PB2's values are
+        # float32: 0.01 comes back as 0.00999..., which the clip to the range puts back).
+        lr = [v for _, v in _history(client, child, "hp/algo.lr")]
+        assert lr and all(0.01 <= v <= 1.0 for v in lr), (child.data.tags["tune.trial_id"], lr)
+    # And every value it explored is one of PB2's: its GP's choice, which it casts to
+    # float32 (ray/tune/schedulers/pb2.py, _select_config), or the donor's own value (too
+    # few results to fit the GP), or a bound the clip put it back to; never PBT's donor
+    # value times 1.2 or 0.8 or a fresh draw (float64). One line of Tune's pbt_global.txt
+    # per exploit (target, donor, their iterations, the donor's config, the explored one),
+    # each recorded on its member.
+    logged = [json.loads(line) for line in (folder / "pbt_global.txt").read_text().splitlines()]
+    records = [json.loads(v) for c in children for k, v in c.data.tags.items()
+               if k.startswith("rlpipe.exploit.")]
+    assert len(records) == len(logged) >= 1, "PB2 perturbed no member"
+    assert sorted(tuple(r["new"][k] for k in bounds) for r in records) == sorted(
+        tuple(line[5][k] for k in bounds) for line in logged)
+    for *_, donor, explored in logged:
+        for key, (low, high) in bounds.items():
+            value = explored[key]
+            assert low <= value <= high and (value in (low, high) or value == donor[key]
+                                             or float(np.float32(value)) == value), (
+                key, donor, explored)
     # HyperBand on FrozenLake: 9 trials, rungs at 1, 3 and 9 reports of 100 episodes.
     hyperband = run_cli("pipelines.sweep", [
         "experiment=frozenlake_course", "algo.lr=interval(0.01,1.0)", "sweep.search=random",
@@ -149,34 +220,44 @@ def test_pb2_perturbs_and_hyperband_stops_trials(workdir):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
-@pytest.mark.slow  # 22 s: nine trials through Optuna and the repeater
+@pytest.mark.slow  # 46 s: eight trials (two configurations, four seeds) through Optuna
 def test_seeds_per_config_tells_optuna_the_iqm_of_each_configuration(workdir):
-    from pipelines.schedulers import read_feedback
-    from pipelines.stats import iqm
+    from pipelines.private_api import optuna_study
+    from pipelines.results.stats import iqm
+    from pipelines.tune.schedulers import read_feedback
 
+    # Four seeds: the IQM (the mean of the middle two) is not the mean, as it is of three.
     result = run_cli("pipelines.sweep", [
-        "sweep=taxi_optuna", "sweep.num_samples=2", "sweep.seeds_per_config=3", "seed=10",
+        "sweep=taxi_optuna", "sweep.num_samples=2", "sweep.seeds_per_config=4", "seed=10",
         "algo.episodes=1000", "algo.report_every=500", "sweep.scheduler.name=none",
         "tracking.system_metrics_every_s=0", "sweep.name=seeds", "cluster.num_cpus=2"],
         workdir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client, parent, children = _runs(workdir, "taxi_optuna")
-    assert len(children) == 6
+    assert len(children) == 8
     by_config: dict[str, list] = {}
     for c in children:
         by_config.setdefault(c.data.tags["config"], []).append(c)
     assert len(by_config) == 2  # the config tag holds no seed and no repeat index
     for runs in by_config.values():
-        assert sorted(int(r.data.tags["seed"]) for r in runs) == [10, 11, 12]
-    told = read_feedback(workdir / "ray_results" / "seeds")
-    assert len(told) == 2  # one answer per configuration, after its three trials
+        assert sorted(int(r.data.tags["seed"]) for r in runs) == [10, 11, 12, 13]
+    folder = workdir / "ray_results" / "seeds"
+    told = read_feedback(folder)
+    assert len(told) == 2  # one answer per configuration, after its four trials
     finals = {c.data.tags["tune.trial_id"]: c.data.metrics["eval/score"] for c in children}
     for record in told:
-        assert len(record["trial_ids"]) == 3
+        assert len(record["trial_ids"]) == 4
         scores = [finals[t] for t in record["trial_ids"]]
         assert record["scores"] == pytest.approx(scores)
         assert record["told"] == pytest.approx(float(iqm(np.array(scores))))
-    assert parent.data.params["sweep.seeds_per_config"] == "3"
+    # What Optuna itself holds (its study, as Tune saved the searcher beside the run): one
+    # trial per configuration, its value the IQM the repeater told, not the mean.
+    study = optuna_study(str(folder))
+    values = {json.dumps(t.params, sort_keys=True): t.value for t in study.trials}
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert values == {json.dumps(r["config"], sort_keys=True): r["told"] for r in told}
+    assert any(r["told"] != pytest.approx(float(np.mean(r["scores"]))) for r in told), told
+    assert parent.data.params["sweep.seeds_per_config"] == "4"
 
 
 def test_the_seed_repeater_tells_its_searcher_the_iqm_once_a_configuration_is_done(
@@ -186,7 +267,7 @@ def test_the_seed_repeater_tells_its_searcher_the_iqm_once_a_configuration_is_do
     # the searcher hears nothing until the fourth finishes, then the IQM of the four.
     from ray.tune.search import Searcher
 
-    from pipelines.seed_repeater import SeedRepeater
+    from pipelines.tune.seed_repeater import SeedRepeater
 
     class Recording(Searcher):
         def __init__(self):
@@ -215,7 +296,7 @@ def test_the_seed_repeater_tells_its_searcher_the_iqm_once_a_configuration_is_do
 def test_an_exploit_continues_the_members_steps_and_a_retry_finds_it_again():
     from types import SimpleNamespace
 
-    from pipelines.lineage import Origin, continuation
+    from pipelines.tracking.lineage import Origin, continuation
 
     def run(metrics, records=()):
         tags = {f"rlpipe.exploit.{r['n']}": json.dumps(r) for r in records}
@@ -251,8 +332,8 @@ def test_a_member_restarted_behind_its_run_logs_its_values_past_the_runs_last_st
     # last recorded (here: from scratch, with its first values), behind what its run holds.
     # Its values go just past the run's last step, and a new exploit made before it
     # reported anew goes past those: no hp/ step twice, none backwards.
-    from pipelines.lineage import Continuation, Origin, continuation, record_start
-    from pipelines.tracking import RunLogger, get_or_create_experiment
+    from pipelines.tracking.lineage import Continuation, Origin, continuation, record_start
+    from pipelines.tracking.run_logger import RunLogger, get_or_create_experiment
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment = get_or_create_experiment(uri, "e")
@@ -304,57 +385,3 @@ def test_a_new_learning_rate_survives_the_optimizers_restore(algo):
                     second, saved)
     assert second.last_state["optimizer"]["param_groups"][0]["lr"] == 4e-3
     assert all(math.isfinite(r["eval/score"]) for r in second.reports)
-
-
-@pytest.mark.slow  # 65 s: a PBT sweep killed once members exploited, then resumed
-def test_a_pbt_sweep_killed_mid_run_resumes_without_losing_or_duplicating(workdir):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
-
-    from tests.conftest import assert_models_once, cli_env
-
-    args = ["sweep=taxi_pbt", "sweep.name=pbtkill", "cluster.num_cpus=2",
-            "tracking.system_metrics_every_s=0"]
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.sweep", *args], cwd=workdir, env=cli_env(ray_tmp),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-    def exploited() -> bool:
-        try:
-            return any("rlpipe.exploits" in c.data.tags for c in _runs(workdir, "taxi_pbt")[2])
-        except Exception:  # the store or the experiment is not there yet
-            return False
-
-    deadline = time.time() + 240
-    while not exploited() and time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its Ray and its trials at once
-    proc.communicate(timeout=240)
-    client, parent, children = _runs(workdir, "taxi_pbt")
-    assert parent.info.status == "RUNNING" and exploited()
-    before = {c.info.run_id: sorted(k for k in c.data.tags if k.startswith("rlpipe.exploit."))
-              for c in children}
-
-    result = run_cli("pipelines.sweep", ["resume=pbtkill"], workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client, parent, children = _runs(workdir, "taxi_pbt")
-    assert len(children) == 4 and parent.info.status == "FINISHED"
-    for child in children:
-        assert child.info.status == "FINISHED"
-        _assert_steps_rise(client, child)
-        assert_models_once(client, child)
-        records = [json.loads(v) for k, v in child.data.tags.items()
-                   if k.startswith("rlpipe.exploit.")]
-        # Every exploit before the kill is still there, once; none was recorded twice.
-        assert set(before.get(child.info.run_id, [])) <= {
-            k for k in child.data.tags if k.startswith("rlpipe.exploit.")}
-        assert len({(r["step"], r["checkpoint"]) for r in records}) == len(records)
-        assert [r["n"] for r in sorted(records, key=lambda r: r["n"])] == list(
-            range(1, len(records) + 1))

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from pipelines.display import format_table
-from pipelines.space import config_label
-from pipelines.stats import Trial, interval, summarize, winners
+from pipelines.config.space import config_label
+from pipelines.results.display import format_table
+from pipelines.results.stats import Trial, interval, summarize, winners
 
 
 def trial(env: str, config: str, seed: int, *values: float, status: str = "FINISHED"):
@@ -60,6 +60,18 @@ def test_ranking_never_mixes_envs_and_follows_the_mode():
     assert text.index("frozenlake:") < text.index("taxi:")
 
 
+def test_equal_iqms_rank_by_mean_not_by_name():
+    # CartPole caps at 500: algo=ddqn ended 500, 500, 500, 500, 259.6 and algo=dqn 500 on
+    # every seed, both an IQM of 500; the one that kept it on every seed ranks first.
+    trials = [*(trial("cartpole", "algo=ddqn", s, v)
+                for s, v in enumerate([500, 500, 500, 500, 259.6])),
+              *(trial("cartpole", "algo=dqn", s, 500.0) for s in range(5))]
+    rows = [r for r in summarize(trials, "max") if r.at == "last"]
+    assert rows[0].iqm == rows[1].iqm == 500
+    assert {r.config: r.rank for r in rows} == {"algo=dqn": 1, "algo=ddqn": 2}
+    assert winners(summarize(trials, "min"))["cartpole"].config == "algo=ddqn"
+
+
 def test_failed_and_unfinished_trials_are_counted_not_averaged():
     trials = [trial("taxi", "x", 0, 1.0, 2.0), trial("taxi", "x", 1, 1.0, math.nan),
               trial("taxi", "x", 2, 3.0, status="RUNNING")]
@@ -74,7 +86,7 @@ def test_one_seed_has_no_interval_and_the_stratified_bootstrap_resamples_each_en
     import numpy as np
     from scipy import stats
 
-    from pipelines.stats import RESAMPLES, iqm
+    from pipelines.results.stats import RESAMPLES, iqm
 
     assert all(math.isnan(x) for x in interval([[3.0]]))
     taxi, lake = [1.0, 2.0, 3.0, 5.0], [10.0, 11.0, 12.0, 15.0]
@@ -103,7 +115,7 @@ def test_the_iqm_is_scipys_trimmed_mean_at_a_quarter():
     import numpy as np
     from scipy import stats
 
-    from pipelines.stats import iqm
+    from pipelines.results.stats import iqm
 
     rng = np.random.default_rng(1)
     for n in range(1, 12):
@@ -115,8 +127,8 @@ def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide(
     # Ranked by the last report (a first, mode min); each trial's held-out figure is its
     # own row, shown beside the winner: the same figure as the sweep metric where that is
     # an evaluation's (eval/x -> test/x), else test/score.
-    from pipelines.display import best_lines
-    from pipelines.stats import held_out_metric, held_out_mode
+    from pipelines.results.display import best_lines
+    from pipelines.results.stats import held_out_metric, held_out_mode
 
     assert held_out_metric("eval/mean_return") == "test/mean_return"
     assert held_out_metric("eval/score") == "test/score"
@@ -146,7 +158,7 @@ def test_held_out_test_rows_are_reported_beside_the_ranking_they_did_not_decide(
 
 
 def test_curves_of_runs_that_count_episodes_are_drawn_against_episodes():
-    from pipelines.display import _by_episode, _grid_curves
+    from pipelines.results.display import _by_episode, _grid_curves
 
     # Two seeds reporting at the same episodes (100, 200) after different env steps.
     a = trial("FrozenLake-v1", "algo=monte_carlo", 0, 0.2, 0.6)

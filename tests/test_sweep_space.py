@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
-from pipelines.config import UserError
-from pipelines.space import plan_sweep, tune_space
-from pipelines.trial import downsample
+from pipelines.config.compose import UserError
+from pipelines.config.space import plan_sweep, tune_space
+from pipelines.tracking.buffer import downsample
 
 
 def test_quickstart_sweeps_experiments_learning_rates_and_seeds():
@@ -83,7 +83,7 @@ def test_a_log_interval_samples_log_uniformly_and_a_plain_one_uniformly(search):
 def test_a_resume_reads_the_context_an_older_launch_saved():
     # An older rlpipe.json: settings without the budget and the progress settings, with a
     # key no longer used; it still rebuilds the context a resume needs.
-    from pipelines.trial import RunSettings, TrialContext
+    from pipelines.tune.context import RunSettings, TrialContext
 
     old = {"name": "s", "uid": "u", "fixed": [], "tracking_uri": "sqlite:///x.db",
            "experiment_id": "1", "experiment_name": "e", "parent_run_id": "p",

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.models import register_champion
 from pipelines.private_api import mlflow_store
-from tests.conftest import run_cli, run_in_process
+from pipelines.results.registry import register_champion
+from tests.helpers import batch_for, logged_run, run_cli, run_in_process
 from tests.ray_cluster import free_port
-from tests.test_models import batch_for, logged_run
 
 MODELS = {
     # registered name: the overrides of the run that trains it
@@ -196,8 +195,27 @@ def test_a_package_holds_what_the_course_pushes_to_the_hub(registered, mlflow_se
     assert {"reinforcement-learning", "custom-implementation"} <= set(meta["tags"])
     assert ("q-learning" if "frozenlake" in name else "reinforce") in meta["tags"]
     assert json.loads((folder / "hyperparameters.json").read_text()) == run.data.params
+    # The package's own model, played again on the seeds its results name, gives its
+    # figures; its video is the first of those episodes, one frame a step plus the reset.
+    from algos.core.envs import EnvConfig, make_env
+    from algos.core.evaluation import play_episodes
+    from algos.registry import load_agent
+
+    agent, _ = load_agent(folder / "data" / "agent")
+    env_cfg, max_steps = EnvConfig(**manifest["env"]), manifest["evaluation"].get("max_steps")
+    mean, std, returns = play_episodes(env_cfg, results["eval_seeds"], agent.act, max_steps)
+    assert len(returns) == results["n_evaluation_episodes"]
+    assert (mean, std) == (pytest.approx(results["mean_reward"]),
+                           pytest.approx(results["std_reward"]))
+    env = make_env(env_cfg)
+    obs, _ = env.reset(seed=results["eval_seeds"][0])
+    steps, done = 0, False
+    while not done and (max_steps is None or steps < max_steps):
+        obs, _, terminated, truncated, _ = env.step(agent.act(np.asarray(obs)[None])[0])
+        steps, done = steps + 1, terminated or truncated
+    env.close()
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(folder / "replay.mp4"))
-    assert frames >= 2
+    assert frames == steps + 1, (frames, steps)
     # The folder is the MLflow model: it loads, and acts as the agent did.
     obs, actions = registered[name]
     assert np.array_equal(mlflow.pyfunc.load_model(str(folder)).predict(obs), actions)

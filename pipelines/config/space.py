@@ -16,14 +16,14 @@ from typing import Any, cast
 
 from hydra.core.override_parser.types import IntervalSweep, Override
 
-from pipelines.config import (
+from pipelines.config.compose import (
     Composed,
     UserError,
     compose_and_check,
     compose_config,
     parse_overrides,
 )
-from pipelines.schema import NOT_CONFIG, RUN_SETTINGS
+from pipelines.config.schema import NOT_CONFIG, RUN_SETTINGS
 
 FULL_CHECK_LIMIT = 256
 CONFIG_TAG = "config"
@@ -171,6 +171,7 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
             raise UserError(f"sweep.params: {e}") from None
         merged = [o for o in file_overrides if o.key_or_group not in cli_keys] + list(cli)
     fixed = [_line(o) for o in merged if not o.is_sweep_override()]
+    _refuse_fixed_and_swept(merged)
     dims = [_as_dimension(o) for o in merged if o.is_sweep_override()]
     keys = [d.key for d in dims]
     if len(set(keys)) != len(keys):
@@ -196,6 +197,16 @@ def plan_sweep(args: list[str], sweep_params: bool = True) -> SweepPlan:
     _check_mutable(mutated, [composed for _, composed in trials])
     space_text = {d.key: d.expression for d in dims}
     return SweepPlan(fixed=fixed, dims=dims, base=base, space_text=space_text, trials=trials)
+
+
+def _refuse_fixed_and_swept(overrides: list[Override]) -> None:
+    """A key given both a value and a sweep is bad input: which one a trial's config
+    holds, and whether its `config` tag names it, would depend on their order."""
+    fixed = {o.key_or_group: _line(o) for o in overrides if not o.is_sweep_override()}
+    for o in overrides:
+        if o.is_sweep_override() and o.key_or_group in fixed:
+            raise UserError(f"{o.key_or_group}: given a value ({fixed[o.key_or_group]}) and "
+                            f"a sweep ({_line(o)}); give one")
 
 
 MUTATIONS = "sweep.scheduler.mutations"

@@ -17,11 +17,23 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipelines.display import best_lines, format_table, plot_curves, plot_iqm
-from pipelines.lineage import LINEAGE_FILE, record_population
+from pipelines.config.space import CONFIG_TAG, config_label
 from pipelines.private_api import TABLE_ARTIFACTS_TAG
-from pipelines.space import CONFIG_TAG, config_label
-from pipelines.stats import Row, Trial, held_out_metric, held_out_mode, summarize, winners
+from pipelines.results.compare import Comparison, against_the_best, env_samples, verdict_lines
+from pipelines.results.display import (
+    best_lines,
+    format_table,
+    plot_curves,
+    plot_iqm,
+    plot_profiles,
+)
+from pipelines.results.population import LINEAGE_FILE, record_population
+from pipelines.results.stats import Row, Trial, held_out_metric, held_out_mode, summarize, winners
+from pipelines.tracking import series
+from pipelines.tracking.run_logger import table_json
+
+COMPARISONS = "comparisons.json"
+"""The parent run's table of each env's configurations against its best."""
 
 
 def _config_of(run) -> str:
@@ -90,32 +102,33 @@ def _csv(rows: Sequence[Row]) -> str:
     return out.getvalue()
 
 
-def _table_json(rows: Sequence[Row]) -> str:
-    """The format of mlflow.log_table (pandas' split orient), which the UI renders. Written
-    here because log_table appends to an existing table, and a summary is rewritten."""
-    records = [r.as_record() for r in rows]
-    columns = list(records[0]) if records else []
-    return json.dumps({"columns": columns, "data": [[r[c] for c in columns] for r in records]})
-
-
 def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str,
-           extra_tables: Sequence[str] = ()) -> list[str]:
+           extra_tables: Sequence[str] = (), comparisons: Sequence[Comparison] = ()
+           ) -> list[str]:
     """Log the summary on the parent run: summary.json (a table), summary.csv, the plots,
-    and per env its best configuration as tags and metrics; `extra_tables`: other table
-    artifacts of the parent (the UI's table list). Returns the artifact names."""
+    the comparisons of each env's configurations against its best (comparisons.json, a
+    table, and profiles.png), and per env its best configuration as tags and metrics;
+    `extra_tables`: other table artifacts of the parent (the UI's table list). Returns
+    the artifact names."""
     names = ["summary.json", "summary.csv"]
+    tables = ["summary.json", *extra_tables]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "summary.json").write_text(_table_json(rows))
+        (folder / "summary.json").write_text(table_json([r.as_record() for r in rows]))
         (folder / "summary.csv").write_text(_csv(rows))
         if any(t.curve for t in trials):
             plot_curves(trials, metric, folder / "curves.png")
             names.append("curves.png")
         if plot_iqm(rows, metric, folder / "iqm.png"):
             names.append("iqm.png")
+        if comparisons:
+            (folder / COMPARISONS).write_text(table_json([c.as_record() for c in comparisons]))
+            names.append(COMPARISONS)
+            tables.append(COMPARISONS)
+        if plot_profiles(env_samples(trials, "max"), metric, folder / "profiles.png"):
+            names.append("profiles.png")
         for name in names:
             logger.log_artifact(folder / name)
-    tables = ["summary.json", *extra_tables]
     tags = {TABLE_ARTIFACTS_TAG: json.dumps([{"path": t, "type": "table"} for t in tables])}
     metrics: dict[str, float] = {}
     tested = {(r.env, r.config): r for r in rows if r.at == "test"}
@@ -126,26 +139,29 @@ def record(logger, rows: Sequence[Row], trials: Sequence[Trial], metric: str,
         for key, value in (("iqm", r.iqm), ("iqm_low", r.iqm_low), ("iqm_high", r.iqm_high),
                            ("mean", r.mean), ("test_iqm", test.iqm if test else math.nan)):
             if math.isfinite(value):
-                metrics[f"best/{env}/{key}"] = value
+                metrics[series.best(env, key)] = value
     logger.set_tags(tags)
     if metrics:
-        logger.log_metrics(metrics, step=logger.next_step("best/"))
+        logger.log_metrics(metrics, step=logger.next_step(series.BEST_PREFIX))
     return names
 
 
 def summarize_sweep(logger, experiment_id: str, metric: str, mode: str,
-                    ui_run=None) -> tuple[list[Row], str]:
+                    ui_run=None, named_difference: float | None = None
+                    ) -> tuple[list[Row], str]:
     """Read the sweep under the parent run `logger` from MLflow, log its summary there, and
-    return the rows and the text to print."""
+    return the rows and the text to print (`named_difference`: also the seeds it would
+    need, in the comparisons)."""
     runs = child_runs(logger.client, experiment_id, logger.run_id)
     trials = fetch_trials(logger.client, experiment_id, logger.run_id, metric, runs)
     rows = summarize(trials, mode, held_out_mode(metric, mode))
     if not rows:
         return rows, f"No trial of this sweep has reported {metric} yet."
     population = record_population(logger, runs, metric)  # a PBT sweep's lineage
-    record(logger, rows, trials, metric, [LINEAGE_FILE] if population else [])
-    text = format_table(rows, metric) + "\n" + "\n".join(best_lines(rows, ui_run, metric))
-    return rows, text
+    comparisons = against_the_best(trials, rows, mode, named_difference)
+    record(logger, rows, trials, metric, [LINEAGE_FILE] if population else [], comparisons)
+    lines = best_lines(rows, ui_run, metric) + verdict_lines(comparisons)
+    return rows, format_table(rows, metric) + "\n" + "\n".join(lines)
 
 
 def read_summary(path: str | Path) -> list[Mapping]:

@@ -112,7 +112,7 @@ class Row:
     mean_low: float
     mean_high: float
     rank: int = 0
-    """1 is the best configuration of its env (by IQM at the last report)."""
+    """1 is the best configuration of its env (by IQM at the last report, then mean)."""
     top_run_id: str = ""
     """The run of the configuration's best trial: the one to open."""
     top_seed: str = ""
@@ -174,8 +174,9 @@ def held_out_mode(metric: str, mode: str) -> str:
 
 def summarize(trials: Sequence[Trial], mode: str, test_mode: str | None = None) -> list[Row]:
     """Rows per (env, configuration): last and best, and test where its trials were
-    tested; ranked within each env by IQM at the last report (a configuration with no
-    finite value ranks last). The test row is what the ranking did not see; its best run
+    tested; ranked within each env by IQM at the last report, equal IQMs by mean (a score
+    capped at CartPole's 500 ties often; a configuration with no finite value ranks
+    last). The test row is what the ranking did not see; its best run
     is picked by `test_mode` (held_out_mode; None: `mode`)."""
     rows: list[Row] = []
     for env, configs in sorted(groups(trials).items()):
@@ -187,7 +188,8 @@ def summarize(trials: Sequence[Trial], mode: str, test_mode: str | None = None) 
                 for c, ts in configs.items()}
         sign = -1 if mode == "max" else 1
         last.sort(key=lambda r: (not math.isfinite(r.iqm), sign * r.iqm
-                                 if math.isfinite(r.iqm) else 0, r.config))
+                                 if math.isfinite(r.iqm) else 0,
+                                 sign * r.mean if math.isfinite(r.mean) else 0, r.config))
         for rank, row in enumerate(last, 1):
             row.rank = best[row.config].rank = test[row.config].rank = rank
             rows += [row, best[row.config]]

@@ -222,8 +222,12 @@ class RunLogger:
 
 
 def is_outage(error: BaseException) -> bool:
-    """Whether a tracking call failed because the server could not be reached or answered
-    with a server error (after the client's own retries), not because it refused it."""
+    """Whether a tracking call failed because the server could not be reached, answered
+    with a server error (5xx, after the client's own retries) or its database was
+    overloaded (SERVER_OVERLOAD), not because it refused the request (4xx: a login, a
+    permission, a bad value), which waiting would not mend."""
+    import re
+
     import requests
     from mlflow.exceptions import MlflowException
 
@@ -231,9 +235,20 @@ def is_outage(error: BaseException) -> bool:
         return True
     if isinstance(error, MlflowException):
         text = str(error)
-        return ("API request to" in text and "failed with" in text) or error.error_code in (
-            "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")
+        status = re.search(r"failed with error code (\d{3})", text)
+        if status:
+            return status.group(1).startswith("5")
+        return ("API request to" in text and "failed with exception" in text) or (
+            error.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE")) or any(
+            sign in text for sign in SERVER_OVERLOAD)
     return False
+
+
+SERVER_OVERLOAD = ("QueuePool limit", "OperationalError", "database is locked")
+"""What an overloaded server's database says in an error MLflow returns as BAD_REQUEST
+(400): its connection pool ran dry (SQLAlchemy's QueuePool, seen at 64 writers on a
+sqlite-backed server: benchmarks/tracking_load.py), or the database refused for now.
+Waiting mends these, as it mends a 5xx."""
 
 
 def set_run_status(uri: str, run_id: str, status: str, only_if_running: bool = True) -> None:
@@ -250,3 +265,15 @@ def write_json_artifact(logger: RunLogger, data: Mapping[str, Any], name: str) -
         path = Path(tmp) / name
         path.write_text(json.dumps(data, indent=2, default=str))
         logger.log_artifact(path)
+
+
+def table_json(records: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as an MLflow table artifact: mlflow.log_table's format (pandas' split orient),
+    which the UI renders; the columns in the order they first appear. Written here because
+    log_table appends to an existing table, and a summary is rewritten."""
+    columns: list[str] = []
+    for row in records:
+        columns += [c for c in row if c not in columns]
+    return json.dumps({"columns": columns, "data": [[row.get(c) for c in columns]
+                                                    for row in records]}, default=str)
+

@@ -9,7 +9,8 @@ import math
 import numpy as np
 from ray.tune.search import Repeater, Searcher
 
-from pipelines.stats import iqm
+from pipelines import private_api
+from pipelines.results.stats import iqm
 
 
 class SeedRepeater(Repeater):
@@ -25,7 +26,7 @@ class SeedRepeater(Repeater):
     def on_trial_complete(  # type: ignore[override]  # Repeater's and Searcher's differ
             self, trial_id: str, result: dict | None = None, **kwargs) -> None:
         """Keep the trial's final result; when its group is complete, tell the searcher."""
-        group = self._trial_id_to_group.get(trial_id)
+        group = private_api.repeater_group(self, trial_id)
         if group is None:
             return
         value = (result or {}).get(self.searcher.metric)
@@ -38,7 +39,7 @@ class SeedRepeater(Repeater):
                                         result={self.searcher.metric: told}, **kwargs)
         if self.feedback:
             record = {"primary_trial_id": group.primary_trial_id,
-                      "trial_ids": list(group._trials), "scores": group.scores(),
-                      "told": told, "config": group.config}
+                      "trial_ids": private_api.repeater_group_trials(group),
+                      "scores": group.scores(), "told": told, "config": group.config}
             with open(self.feedback, "a") as f:
                 f.write(json.dumps(record, default=str) + "\n")

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -27,9 +27,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from algos.core.validation import ConfigValueError
-from pipelines import private_api, schema
+from pipelines import private_api
+from pipelines.config import schema
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from algos.registry import Algorithm
+
+ROOT = Path(__file__).resolve().parents[2]
 """The folder that holds the packages: a checkout (or the code shipped to a cluster node),
 or site-packages."""
 
@@ -68,6 +72,23 @@ class Composed:
     """The option chosen in each config group (algo, env, experiment, ...)."""
     overrides: list[str]
     """The overrides it was composed from."""
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The algorithm it configures (algos.registry)."""
+        from algos.registry import get_algorithm
+
+        return get_algorithm(self.cfg.algo.name)
+
+    def with_seed(self, seed: int) -> Composed:
+        """The same config with another seed (nothing else reads the seed: composing once
+        serves every seed of a configuration)."""
+        composed = copy.deepcopy(self)
+        composed.cfg = dataclasses.replace(composed.cfg, seed=seed)
+        composed.container["seed"] = seed
+        composed.overrides = [o for o in self.overrides if o.split("=", 1)[0] != "seed"] + [
+            f"seed={seed}"]
+        return composed
 
 
 def group_options(group: str) -> list[str]:
@@ -247,10 +268,8 @@ def compose_and_check(overrides: list[str]) -> Composed:
         composed = compose_config(overrides)
         check_runnable(composed)
         return composed
-    base = _compose_without_seed(tuple(o for o in overrides if o not in seeds))
-    composed = copy.deepcopy(base)
-    composed.cfg = dataclasses.replace(composed.cfg, seed=int(value))
-    composed.container["seed"] = int(value)
+    composed = _compose_without_seed(tuple(o for o in overrides if o not in seeds)).with_seed(
+        int(value))
     composed.overrides = list(overrides)
     return composed
 

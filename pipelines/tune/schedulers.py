@@ -2,7 +2,7 @@
 
 Every scheduler is Tune's own class: ASHA, HyperBand, HyperBand for BOHB, the median
 stopping rule, Population Based Training and PB2 (these two with a fairer choice of the
-member that runs next: pipelines.fair_pbt). What is ours: the time they count in
+member that runs next: pipelines.tune.fair_pbt). What is ours: the time they count in
 (the algorithm's budget by default: env steps, or episodes for Q-learning and REINFORCE),
 the ranges PBT and PB2 explore in (the sweep grammar's, kept: a perturbed value is clipped
 back into its range), and the seeds a searcher's configuration runs with
@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import UserError
-from pipelines.schema import SweepConfig
-from pipelines.space import Dimension, SweepPlan
+from pipelines.config.compose import UserError
+from pipelines.config.schema import SweepConfig
+from pipelines.config.space import Dimension, SweepPlan
 
 ADAPTIVE = ("pbt", "pb2")
 """Schedulers that change a trial's hyperparameters while it runs."""
@@ -109,7 +109,7 @@ def build_scheduler(sweep: SweepConfig, plan: SweepPlan, space: dict[str, Any],
                   quantile_fraction=s.quantile_fraction,
                   custom_explore_fn=ClipToRange(mutations), log_config=True,
                   require_attrs=True, synch=s.synch)
-    from pipelines.fair_pbt import FairPB2, FairPopulationBasedTraining
+    from pipelines.tune.fair_pbt import FairPB2, FairPopulationBasedTraining
 
     if s.name == "pbt":
         return FairPopulationBasedTraining(
@@ -165,7 +165,7 @@ def build_searcher(sweep: SweepConfig, search: str, seed: int, folder: str | Non
         searcher = TuneBOHB(metric=sweep.metric, mode=sweep.mode, seed=seed)
     if repeat == 1:
         return searcher
-    from pipelines.seed_repeater import SeedRepeater
+    from pipelines.tune.seed_repeater import SeedRepeater
 
     feedback = str(Path(folder) / FEEDBACK_FILE) if folder else None
     return SeedRepeater(searcher, repeat, feedback)

@@ -1,12 +1,10 @@
-"""The driver's Tune callback: keeps MLflow's view of each trial true when the trial's
-own process could not (a killed worker, a scheduler stop, a Ctrl+C)."""
+"""The driver's status line: one compact line every progress.every_s seconds, read from
+Tune's trials and the trials' progress notes (pipelines.tune.progress)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import threading
+import math
 import time
 from collections import deque
 
@@ -14,67 +12,9 @@ from ray import tune
 
 from algos.core.metrics import ENV_STEPS, EPISODE_RETURN_MEAN
 from pipelines import private_api
-from pipelines.tracking import RunLogger, find_run, set_run_status
-from pipelines.trial import TrialContext, run_key
-
-log = logging.getLogger("rlpipe")
-INTERRUPTED = threading.Event()
-"""Set when the user stopped the Tune run with Ctrl+C (SIGINT) or SIGUSR1."""
-
-
-def watch_for_interrupt() -> None:
-    """Note a Ctrl+C (or SIGUSR1) that Tune turns into a graceful stop.
-
-    Tune's handler, installed before its callbacks are set up, stops the run and saves its
-    state, but afterwards every stopped trial reads TERMINATED, so the driver could not tell
-    an interrupted sweep from a finished one. This wraps that handler to set a flag first.
-    """
-    INTERRUPTED.clear()
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGINT, signal.SIGUSR1):
-        tune_handler = signal.getsignal(signum)
-        if not callable(tune_handler):
-            continue
-
-        def handler(sig, frame, _tune_handler=tune_handler):
-            INTERRUPTED.set()
-            _tune_handler(sig, frame)
-
-        signal.signal(signum, handler)
-
-
-class MlflowStatusCallback(tune.Callback):
-    """Marks a trial's MLflow run FAILED when the trial errored, and FINISHED (stopped
-    early) when Tune completed it while the run still read RUNNING."""
-
-    def __init__(self, ctx: TrialContext) -> None:
-        self.ctx = ctx
-
-    def setup(self, **info) -> None:  # type: ignore[override]  # Tune passes keywords
-        """Called by Tune once its own signal handler is in place."""
-        watch_for_interrupt()
-
-    def _mark(self, trial, status: str, tags: dict[str, str] | None = None) -> None:
-        ctx = self.ctx
-        try:
-            run = find_run(ctx.tracking_uri, ctx.experiment_id, run_key(ctx, trial.trial_id))
-            if run is not None and run.info.status == "RUNNING":
-                if tags:
-                    RunLogger(ctx.tracking_uri, run.info.run_id, 0).set_tags(tags)
-                set_run_status(ctx.tracking_uri, run.info.run_id, status)
-        except Exception as e:  # bookkeeping must never stop the sweep
-            log.warning("could not update the MLflow run of trial %s: %s", trial, e)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        """The trial failed (it may still be retried from its checkpoint)."""
-        self._mark(trial, "FAILED")
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        """The trial ended without error."""
-        if INTERRUPTED.is_set():
-            return  # stopped by Ctrl+C, not by the scheduler: it resumes later
-        self._mark(trial, "FINISHED", {"tune.stopped_early": "true"})
+from pipelines.tracking.series import PROGRESS
+from pipelines.tune.context import TrialContext
+from pipelines.tune.progress import note_key
 
 
 class ProgressCallback(tune.Callback):
@@ -119,25 +59,20 @@ class ProgressCallback(tune.Callback):
             print(self.line(trials, time.monotonic()), flush=True)
 
     def _env(self, trial, label: str) -> str:
-        """The env option a configuration trains on (composed once per configuration)."""
+        """The env option a configuration trains on (the plan's config, or composed once
+        per configuration)."""
         if label not in self._env_of:
-            from pipelines.config import compose_config
-            from pipelines.trial import trial_overrides
-
             try:
-                composed = compose_config(trial_overrides(self.ctx, trial.config))
-                self._env_of[label] = composed.choices.get("env") or "?"
+                self._env_of[label] = self.ctx.composed(trial.config).choices.get("env") or "?"
             except Exception:  # a status line must never stop the sweep
                 self._env_of[label] = "?"
         return self._env_of[label]
 
     def _best_so_far(self, done) -> str:
-        import math
-
         import numpy as np
 
-        from pipelines.space import config_label
-        from pipelines.stats import iqm
+        from pipelines.config.space import config_label
+        from pipelines.results.stats import iqm
 
         metric, mode = self.ctx.settings.metric, self.ctx.settings.mode
         values: dict[tuple[str, str], list[float]] = {}
@@ -159,11 +94,9 @@ class ProgressCallback(tune.Callback):
     def _done(self, trial) -> float:
         """The share of a running trial's budget done: its newest progress note, or its
         last report's."""
-        from pipelines.trial import PROGRESS_KEY
-
-        reported = (trial.last_result or {}).get(PROGRESS_KEY, 0.0)
+        reported = (trial.last_result or {}).get(PROGRESS, 0.0)
         try:
-            note = private_api.kv_get(self.ctx.progress_key(trial.trial_id))
+            note = private_api.kv_get(note_key(self.ctx.uid, trial.trial_id))
             return max(reported, float(json.loads(note)["done"])) if note else reported
         except Exception:  # a status line must never stop the sweep
             return reported

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from pipelines import private_api
-from pipelines.tracking import RunLogger
+from pipelines.tracking.run_logger import RunLogger
 
 log = logging.getLogger("rlpipe")
 

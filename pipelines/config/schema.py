@@ -323,6 +323,21 @@ class ReportConfig:
 
     sweep: str | None = None
     """The sweep's name (its MLflow parent run's name, sweep.name)."""
+    against: str | None = None
+    """Another sweep to compare report.sweep with: each configuration of one against
+    each of the other, on the envs both ran, written to a run compare-<sweep>-<against>."""
+    config: str | None = None
+    """Only this configuration of report.sweep (its config tag, e.g. 'algo=dqn')."""
+    against_config: str | None = None
+    """Only this configuration of report.against (report.sweep's own when against is
+    not set): two configurations of one sweep compared."""
+    seeds_for: float | None = None
+    """A difference of the sweep metric: the seeds per configuration that would detect
+    it, at the spreads observed (one-sided Welch's t-test, alpha 0.05, power 0.8)."""
+
+    def __post_init__(self) -> None:
+        if self.seeds_for is not None:
+            positive(self, "seeds_for")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipelines.config import UserError
+from pipelines.config.compose import UserError
 
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql")
 
@@ -93,11 +93,100 @@ def check_tracking(uri: str) -> None:
             raise UserError(f"tracking.uri={uri}: the folder {folder} does not exist")
 
 
+USER_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+"""Where MLflow's client reads a server's login from (take_credentials puts a URI's there)."""
+WRITE = ("EDIT", "MANAGE")
+"""The permissions of MLflow's basic-auth app that let a user log runs in an experiment."""
+
+
+def _ask(uri: str, path: str) -> tuple[int, dict]:
+    """GET `path` of a tracking server with the login MLflow's client would send: (HTTP
+    status, the JSON answer or {})."""
+    import base64
+    import json
+
+    headers = {}
+    if os.environ.get(USER_VAR):
+        login = f"{os.environ[USER_VAR]}:{os.environ.get(PASSWORD_VAR, '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+    request = urllib.request.Request(f"{uri}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:
+        return status, {}
+
+
+def login_refused(uri: str) -> str:
+    """The line that says a server refused the login (or asked for one)."""
+    user = os.environ.get(USER_VAR)
+    if not user:
+        return (f"tracking.uri={uri}: the server asks for a login; set {USER_VAR} and "
+                f"{PASSWORD_VAR}, or give http://user:password@host:port")
+    return (f"tracking.uri={uri}: the server refused the login of user '{user}'; check "
+            f"{USER_VAR} and {PASSWORD_VAR}")
+
+
+def check_login(uri: str) -> str | None:
+    """Bad input (UserError) when a server with logins (MLflow's basic-auth app) refuses
+    the login, or asks for one that was not given. Returns the user, None for an admin or
+    a server without logins."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    status, me = _ask(uri, "/api/2.0/mlflow/users/current")
+    if status == 401:
+        raise UserError(login_refused(uri))
+    if status != 200 or "user" not in me or me["user"].get("is_admin"):
+        return None  # no logins here (404), or an admin
+    return str(me["user"]["username"])
+
+
+def check_access(uri: str, experiment: str) -> None:
+    """check_login, then bad input when the user may only read the experiment the runs go
+    to. Asks, writes nothing: a refused user leaves no run and no experiment behind. An
+    experiment not made yet passes (its maker may write to it)."""
+    from urllib.parse import quote
+
+    user = check_login(uri)
+    if user is None:
+        return
+    status, found = _ask(uri, "/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                         + quote(experiment))
+    if status != 200:
+        return
+    experiment_id = found["experiment"]["experiment_id"]
+    status, granted = _ask(uri, f"/api/3.0/mlflow/users/permissions/get?username={quote(user)}"
+                           f"&resource_type=experiment&resource_id={experiment_id}")
+    permission = granted.get("permission")
+    if status == 200 and permission not in WRITE:
+        raise UserError(
+            f"tracking.experiment={experiment}: user '{user}' may only read it on {uri} "
+            f"(permission {permission}); ask its owner or an admin for EDIT, or log to "
+            "another experiment (tracking.experiment=...)")
+
+
+def refusal(error: BaseException, uri: str, action: str) -> str | None:
+    """The line for a tracking call the server refused for the user's login or
+    permissions (HTTP 401 or 403): the user may not `action`; None for any other error."""
+    code = getattr(error, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        return login_refused(uri)
+    if code == "PERMISSION_DENIED":
+        user = os.environ.get(USER_VAR, "(no login)")
+        return f"user '{user}' may not {action} on {uri} (permission denied)"
+    return None
+
+
 def readable_store(uri: str) -> str:
     """The resolved URI of a store to read runs from; bad input (UserError) when it cannot
     be reached or holds nothing yet."""
     uri = resolve_uri(uri)
     check_tracking(uri)
+    check_login(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise UserError(f"tracking.uri={uri}: no MLflow store there to read runs from")
     return uri

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.stats import CONFIDENCE, Row, Trial, groups, held_out_metric, winners
+from algos.core.metrics import EVAL_SCORE
+from pipelines.results.stats import CONFIDENCE, Row, Trial, groups, held_out_metric, winners
 
 CURVE_POINTS = 100
 
@@ -55,7 +56,7 @@ def format_table(rows: Sequence[Row], metric: str) -> str:
     return "\n".join(lines)
 
 
-def best_lines(rows: Sequence[Row], ui_run=None, metric: str = "eval/score") -> list[str]:
+def best_lines(rows: Sequence[Row], ui_run=None, metric: str = EVAL_SCORE) -> list[str]:
     """One line per env: its best configuration, IQM [CI] over n seeds, its held-out
     figure's IQM [CI] (held_out_metric of `metric`: what its selection did not see), the
     run to open."""
@@ -154,6 +155,42 @@ def plot_iqm(rows: Sequence[Row], metric: str, path: Path) -> bool:
         ax.set_yticks(range(len(rs)), [r.config for r in rs], fontsize="small")
         ax.set(title=f"{env}: IQM of {metric} ({CONFIDENCE:.0%} CI)", xlabel=metric)
         ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_profiles(samples: dict[str, dict[str, list[float]]], metric: str, path: Path
+                  ) -> bool:
+    """Performance profiles (Agarwal et al. 2021): per configuration the fraction of its
+    runs scoring above tau, against tau, with 95% bootstrap bands; one panel per env with
+    two or more configurations. False when none has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines.results.compare import profile, taus_for
+
+    shown = {env: configs for env, configs in samples.items()
+             if sum(bool(s) for s in configs.values()) >= 2}
+    if not shown:
+        return False
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    for ax, (env, configs) in zip(axes[0], shown.items(), strict=True):
+        taus = taus_for([s for s in configs.values() if s])
+        for config, scores in configs.items():
+            if not scores:
+                continue
+            fraction, low, high = profile(scores, taus)
+            line, = ax.plot(taus, fraction, label=f"{config} (n={len(scores)})")
+            ax.fill_between(taus, low, high, alpha=0.2, color=line.get_color())
+        ax.set(title=f"{env}: performance profiles ({CONFIDENCE:.0%} bands)",
+               xlabel=f"{metric} threshold tau", ylabel="fraction of runs above tau",
+               ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
