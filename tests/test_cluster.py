@@ -102,6 +102,34 @@ KILLED_SWEEPS = {
 }
 
 
+def kill_once_checkpointed_there(cluster: LocalCluster, node: str, node_id: str,
+                                 client: MlflowClient, experiment: str,
+                                 proc: subprocess.Popen,
+                                 timeout: float = 240) -> tuple[str | None, list[str]]:
+    """SIGKILL `node` once a trial whose latest start was there has two eval/score points
+    (its first report's checkpoint is then saved): that trial's id (None if the sweep
+    ended first), and what the polls saw. One search per poll, for the runs tagged with
+    the node: a PBT member stays on a node for one report, about a second."""
+    seen: list[str] = []
+    deadline, exp = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        exp = exp or client.get_experiment_by_name(experiment)
+        if exp is None:
+            continue
+        there = client.search_runs([exp.experiment_id],
+                                   f"tags.`ray.node_id` = '{node_id}'")
+        for run in there:
+            trial = run.data.tags.get("tune.trial_id")
+            points = (len(client.get_metric_history(run.info.run_id, "eval/score"))
+                      if "eval/score" in run.data.metrics else 0)
+            seen.append(f"{time.strftime('%X')} {trial} on {node}: {points} point(s)")
+            if points >= 2:
+                cluster.kill_node(node)
+                return trial, seen
+    return None, seen
+
+
 @pytest.mark.slow  # 80 s each: a second node, then its loss
 @pytest.mark.parametrize("kind", list(KILLED_SWEEPS))
 def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir,
@@ -119,23 +147,11 @@ def test_a_node_killed_mid_sweep_leaves_one_finished_run_per_trial(kind, workdir
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         client = MlflowClient(mlflow_server)
-        deadline = time.time() + 240
-        killed = None
-        while killed is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            try:
-                _, _, children = runs_of(client, f"victim-{kind}")
-            except Exception:  # the experiment is not there yet
-                continue
-            for c in children:
-                on_victim = c.data.tags.get("ray.node_id") == victim
-                if on_victim and len(client.get_metric_history(c.info.run_id,
-                                                               "eval/score")) >= 2:
-                    cluster.kill_node("victim")
-                    killed = c.data.tags["tune.trial_id"]
-                    break
+        killed, seen = kill_once_checkpointed_there(cluster, "victim", victim, client,
+                                                    f"victim-{kind}", proc)
         out, _ = proc.communicate(timeout=400)
-    assert killed, "no trial was seen running on the victim node:\n" + out[-3000:]
+    assert killed, ("no trial was seen on the victim node with a checkpoint:\n"
+                    + "\n".join(seen[-40:]) + "\n" + out[-3000:])
     assert proc.returncode == 0, out[-4000:]
     _, parents, children = runs_of(client, f"victim-{kind}")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
