@@ -33,6 +33,10 @@ export PYTHONUNBUFFERED=1 RAY_DEDUP_LOGS=0 MPLBACKEND=Agg RLPIPE_BENCHMARK_RESUL
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/session.log"; }
+FAILED=()
+# ended STEP STATUS [WHAT]: the step's exit line; the script goes on past a failed step
+# and exits 1 at the end, naming each one that failed.
+ended() { log "$1: exit $2${3:+ $3}"; [ "$2" -eq 0 ] || FAILED+=("$1"); }
 
 if [ -f .whl/site.tar.xz ]; then
   log "unpacking the carried packages (.whl/site.tar.xz) onto PYTHONPATH"
@@ -44,12 +48,12 @@ log "machine: as above"
 VERSIONS=$("$PY" -c 'import torch, ray, mlflow, gymnasium, ale_py;
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "ray", ray.__version__,
       "mlflow", mlflow.__version__, "gymnasium", gymnasium.__version__)' 2>>"$OUT/session.log")
-log "imports: exit $? ($VERSIONS)"
+ended imports $? "($VERSIONS)"
 
 log "1. pytest -m gpu"
 timeout "$T_TESTS" "$PY" -m pytest -m gpu -q -p no:cacheprovider \
   >"$OUT/pytest_gpu.log" 2>&1
-log "pytest -m gpu: exit $? ($(tail -1 "$OUT/pytest_gpu.log"))"
+ended "pytest -m gpu" $? "($(tail -1 "$OUT/pytest_gpu.log"))"
 
 log "2. space_invaders_dqn, $SI_STEPS steps, $WORKERS x $ENVS envs, acting=$ACTING"
 STORE=/tmp/gpu-session && rm -rf "$STORE" && mkdir -p "$STORE"
@@ -59,30 +63,34 @@ TRAIN=("$PY" -m pipelines.train experiment=space_invaders_dqn "algo.total_steps=
   "cluster.num_cpus=$((WORKERS + 1))" "cluster.storage_path=$STORE/ray_results"
   "tracking.uri=sqlite:///$STORE/mlflow.db" tracking.experiment=space_invaders_dqn)
 (cd "$STORE" && timeout "$T_TRAIN" "${TRAIN[@]}") >"$OUT/space_invaders_train.log" 2>&1
-log "train: exit $? ($(grep -c 'env steps' "$OUT/space_invaders_train.log") status lines)"
+ended train $? "($(grep -c 'env steps' "$OUT/space_invaders_train.log") status lines)"
 RUN=$(cd "$STORE" && "$PY" -c "
 from mlflow import MlflowClient
 c = MlflowClient('sqlite:///$STORE/mlflow.db')
 e = c.get_experiment_by_name('space_invaders_dqn')
 print(c.search_runs([e.experiment_id], order_by=['attributes.start_time DESC'])[0].info.run_id)
 " 2>>"$OUT/session.log")
-log "run: exit $? (${RUN:-no run})"
+ended run $? "(${RUN:-no run})"
 if [ -n "$RUN" ]; then
   (cd "$STORE" && timeout 120 "$PY" -m pipelines.evaluate "evaluate.run_id=$RUN" \
     "tracking.uri=sqlite:///$STORE/mlflow.db" \
     tracking.experiment=space_invaders_dqn) >"$STORE/evaluation.json" \
     2>>"$OUT/session.log"
-  log "evaluate: exit $? $(tail -1 "$STORE/evaluation.json")"
+  ended evaluate $? "$(tail -1 "$STORE/evaluation.json")"
   (cd "$STORE" && "$PY" -m benchmarks.atari_result --uri "sqlite:///$STORE/mlflow.db" \
     --experiment space_invaders_dqn --evaluation "$STORE/evaluation.json" \
     --train-command "python -m pipelines.train ${TRAIN[*]:3}" --name space_invaders_dqn \
     --out "$OUT") >>"$OUT/session.log" 2>&1
-  log "atari_result: exit $?"
+  ended atari_result $?
 fi
 
 log "3. pong_dqn_throughput, acting cpu and learner"
 timeout "$T_TP" "$PY" -m benchmarks.pong_dqn_throughput --workers "$WORKERS" \
   --envs-per-worker "$ENVS" --acting cpu,learner --steps "$TP_STEPS" \
   --learning-starts "$TP_STARTS" >"$OUT/throughput.log" 2>&1
-log "throughput: exit $?"
+ended throughput $?
+if [ ${#FAILED[@]} -gt 0 ]; then
+  log "done; failed: ${FAILED[*]}"
+  exit 1
+fi
 log "done"

@@ -25,6 +25,21 @@ def test_the_device_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / script)]).returncode == 0
 
 
+def test_a_failed_step_fails_the_session_after_every_step_ran(tmp_path):
+    # A Python that fails at once: every step runs, logs its exit, and the script ends
+    # with 1, naming each step that failed, so that the device call's rc says so.
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PY": "/bin/false"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    session = (out / "session.log").read_text()
+    assert proc.returncode == 1, session
+    assert [m[1] for m in re.finditer(r"\] ([\w -]+): exit 1\b", session)] == [
+        "imports", "pytest -m gpu", "train", "run", "throughput"], session
+    assert session.rstrip().endswith(
+        "] done; failed: imports pytest -m gpu train run throughput"), session
+
+
 @pytest.mark.slow  # about 4 minutes: 3,000 Space Invaders steps, their evaluation, Pong
 def test_the_gpu_session_runs_every_step_on_a_cpu(tmp_path):
     out = tmp_path / "out"
