@@ -184,6 +184,22 @@ def test_a_local_run_starts_its_own_ray_whatever_a_dead_cluster_recorded(workdir
     assert result.ray_started
 
 
+def test_job_env_prints_the_excludes_and_the_commit_and_refuses_arguments(capsys,
+                                                                          monkeypatch):
+    from pipelines import job_env
+    from pipelines.cluster.connect import COMMIT_VAR, SHIP_EXCLUDES, git_commit
+
+    monkeypatch.delenv(COMMIT_VAR, raising=False)
+    assert job_env.main([]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"excludes": SHIP_EXCLUDES, "env_vars": {COMMIT_VAR: git_commit()}}
+    assert ".git" in printed["excludes"] and git_commit() != "unknown"  # a checkout
+    assert job_env.main(["sweep=quickstart"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    assert captured.err.startswith("error: sweep=quickstart: takes no arguments")
+
+
 def test_the_job_ships_the_checkout_and_what_the_trials_need(monkeypatch):
     from pipelines.cluster.connect import ROOT, runtime_env
     from pipelines.config.schema import ClusterConfig
@@ -262,13 +278,16 @@ def job_details(cluster: LocalCluster, submission_id: str) -> dict:
 def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
     # As a user would: a head started from the project's install (its `cluster` extra
     # brings the job server), the job server on 127.0.0.1, token authentication on, and
-    # `ray job submit --working-dir .` of the sweep with the cluster's defaults
-    # (cluster=remote ships the code too: inside a job the job's own working dir does).
+    # `ray job submit --working-dir . --runtime-env-json "$(python -m pipelines.job_env)"`
+    # of the sweep with the cluster's defaults (cluster=remote ships the code too: inside
+    # a job the job's own working dir does).
     # The driver runs in the job's working dir as Ray unpacked it, not in the checkout:
     # the default storage (ray_results, relative) is resolved there. The trials run on
     # the cluster's own node.
-    from pipelines.cluster.connect import SHIP_EXCLUDES
+    from pipelines.cluster.connect import git_commit
 
+    job_env = subprocess.run([sys.executable, "-m", "pipelines.job_env"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
     store = tmp_path / "store"
     store.mkdir()
     name = f"as-a-job-{secrets.token_hex(4)}"
@@ -281,7 +300,7 @@ def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
                     [sys.executable, "-m", "ray.scripts.scripts", "job", "submit",
                      f"--address=http://127.0.0.1:{cluster.dashboard_port}",
                      f"--submission-id={submission_id}", "--working-dir=.",
-                     f"--runtime-env-json={json.dumps({'excludes': SHIP_EXCLUDES})}", "--",
+                     f"--runtime-env-json={job_env}", "--",
                      "python", "-m", "pipelines.sweep", "sweep=quickstart", "cluster=remote",
                      "cluster.address=auto", f"tracking.uri=sqlite:///{store}/mlflow.db",
                      f"sweep.name={name}", "tracking.system_metrics_every_s=0"],
@@ -317,6 +336,8 @@ def test_a_sweep_submitted_as_a_ray_job_lands_its_trials_in_mlflow(tmp_path):
     _, parents, children = runs_of(client, "quickstart")
     assert len(parents) == 1 and len(children) == 8
     assert all(c.info.status == "FINISHED" for c in children)
+    # The job's working dir has no .git: its runs record the commit job_env passed.
+    assert {r.data.tags["git_commit"] for r in parents + children} == {git_commit()}
     # Every trial ran on a node of the job's cluster (not on a Ray of the driver's own).
     ran_on = Counter(c.data.tags.get("ray.node_id") for c in children)
     assert set(ran_on) <= node_ids, (ran_on, node_ids)

@@ -507,12 +507,17 @@ def test_wheel_of_the_copied_source_carries_the_configs(tmp_path):
 
 
 def test_runs_outside_a_checkout_take_the_commit_the_image_recorded(monkeypatch, tmp_path):
-    from pipelines.tune import plan
+    from pipelines.cluster import connect
 
     text = (DOCKER / "Dockerfile").read_text()
-    assert "ENV RLPIPE_GIT_COMMIT=${GIT_COMMIT}" in text
-    monkeypatch.setattr(plan, "ROOT", tmp_path)  # no .git here: as in the image
-    monkeypatch.setenv("RLPIPE_GIT_COMMIT", "abc123")
-    assert plan.git_commit() == "abc123"
-    monkeypatch.delenv("RLPIPE_GIT_COMMIT")
-    assert plan.git_commit() == "unknown"
+    assert f"ENV {connect.COMMIT_VAR}=${{GIT_COMMIT}}" in text
+    # No .git of its own (as in the image), though a repository holds the folder.
+    for git in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                                 "-q", "--allow-empty", "-m", "not the project's"]):
+        subprocess.run(["git", "-C", str(tmp_path), *git], check=True)
+    (tmp_path / "project").mkdir()
+    monkeypatch.setattr(connect, "ROOT", tmp_path / "project")
+    monkeypatch.setenv(connect.COMMIT_VAR, "abc123")
+    assert connect.git_commit() == "abc123"
+    monkeypatch.delenv(connect.COMMIT_VAR)
+    assert connect.git_commit() == "unknown"

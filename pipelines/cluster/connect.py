@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,35 @@ def runtime_env(cluster: ClusterConfig, tracking_uri: str) -> dict[str, Any]:
                                                                  "rlpipe_conf")]
         env["excludes"] = ["__pycache__"]
     return env
+
+
+COMMIT_VAR = "RLPIPE_GIT_COMMIT"
+"""The commit of code that runs without its history: set by the image's build, and by
+job_runtime_env for a Ray Job (whose working dir travels without .git)."""
+
+
+def git_commit() -> str:
+    """The commit of the code being run: the checkout's (with -dirty when tracked files
+    changed), else COMMIT_VAR, else 'unknown'. Only this project's own .git counts, not a
+    repository that happens to hold the folder Ray unpacked it into."""
+    if (ROOT / ".git").exists():
+        try:
+            out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                                 capture_output=True, text=True, timeout=5, check=True)
+            dirty = subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return os.environ.get(COMMIT_VAR, "unknown")
+
+
+def job_runtime_env() -> dict[str, Any]:
+    """The runtime env of `ray job submit --working-dir .` from a checkout: what the code
+    shipped leaves out, and the checkout's commit, which the job's runs record."""
+    return {"excludes": list(SHIP_EXCLUDES), "env_vars": {COMMIT_VAR: git_commit()}}
 
 
 JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"

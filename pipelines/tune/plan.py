@@ -5,8 +5,6 @@ search space, searcher and scheduler. Everything that can be bad input is refuse
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -14,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config.compose import ROOT, Composed, UserError
+from pipelines.cluster.connect import git_commit
+from pipelines.config.compose import Composed, UserError
 from pipelines.config.schema import ClusterConfig
 from pipelines.config.space import SweepPlan, tune_space
 from pipelines.tracking.uri import check_access, check_tracking, resolve_uri
@@ -69,23 +68,6 @@ class Launch:
     def planned(self) -> dict[tuple[str, ...], Composed]:
         """The plan's composed trials, keyed as TrialContext.composed looks them up."""
         return {combo: composed for combo, composed in self.plan.trials}
-
-
-def git_commit() -> str:
-    """The commit of the code being run: the checkout's, else RLPIPE_GIT_COMMIT (the
-    project's image records its build's), else 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("RLPIPE_GIT_COMMIT", "unknown")
 
 
 def check_storage(storage: str) -> None:
