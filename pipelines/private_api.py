@@ -10,9 +10,9 @@ an upgrade that changes one fails there, by name, not somewhere in a run.
 - OmegaConf: a config node's children as nodes, and whether a node is missing or None,
   to walk a typed config without resolving it.
 - MLflow: the process-wide tracking and registry URIs, set for a block and put back; the
-  system-metrics monitor (CPU, memory, GPU) on a run of our own (MLflow
-  starts it only for a fluent run), and its last sample at the run's end; the tag that
-  marks an artifact as a table.
+  system-metrics monitor (CPU, memory, GPU) on a run of our own (MLflow starts it only
+  for a fluent run), made to queue what the server did not take, and its last sample at
+  the run's end; the tag that marks an artifact as a table.
 - Ray: this machine's resources as a local Ray will see them, before Ray starts; the
   cluster's key-value store, where trials leave their progress for the driver; a PBT
   member's schedule as Tune's PopulationBasedTrainingReplay reads its policy file; what
@@ -30,8 +30,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import logging
 import threading
+import time
 from collections.abc import Iterator
+
+log = logging.getLogger("rlpipe")
 
 # ----- Hydra --------------------------------------------------------------------------
 
@@ -115,25 +120,85 @@ artifacts are tables (mlflow.log_table writes it)."""
 
 def system_metrics_monitor(run_id: str, every_s: float, resume: bool, tracking_uri: str):
     """MLflow's SystemMetricsMonitor on a run, sampling every `every_s` seconds; with
-    `resume`, its steps continue after the run's last system/* step (else from 0)."""
+    `resume`, its steps continue after the run's last system/* step (else from 0).
+
+    Two changes to MLflow's, so that an unreachable server loses nothing. A sample takes
+    its step when it is taken, and a write the server did not take (after the client's own
+    retries) stays queued and goes again with the next sample's, with its own timestamps:
+    a write the server took after all is not stored twice. MLflow's monitor instead stops
+    for the rest of the run at the first failed write, and its last sample reuses the
+    failed one's step. Nor does it ask the server each interval whether the run still
+    runs (a failed read stopped it too): the trial stops it before it ends the run."""
+    return _monitor_class()(run_id, sampling_interval=every_s, resume_logging=resume,
+                            tracking_uri=tracking_uri)
+
+
+@functools.cache
+def _monitor_class():
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-    return SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=resume,
-                                tracking_uri=tracking_uri)
+    class QueuedSystemMetricsMonitor(SystemMetricsMonitor):
+        def __init__(self, run_id: str, **kwargs) -> None:
+            super().__init__(run_id, **kwargs)
+            self.client = MlflowClient(self._tracking_uri)
+            self.unsent: list[Metric] = []
+            """Points the server has not taken yet, oldest first."""
+
+        def monitor(self) -> None:
+            while not self._shutdown_event.is_set():
+                for _ in range(self.samples_before_logging):
+                    self.collect_metrics()
+                    if self._shutdown_event.wait(self.sampling_interval):
+                        return
+                self.publish_metrics(self.aggregate_metrics())
+
+        def publish_metrics(self, metrics: dict[str, float]) -> None:
+            prefix = self._metrics_prefix + (self.node_id + "/" if self.node_id else "")
+            now, step = int(time.time() * 1000), self._logging_step
+            self._logging_step += 1
+            self.unsent += [Metric(prefix + k, v, now, step) for k, v in metrics.items()]
+            for m in self.monitors:
+                m.clear_metrics()
+            self.send()
+
+        def send(self) -> bool:
+            """Write the queued points; False (and they stay queued) if the server did
+            not take them."""
+            while self.unsent:
+                batch = self.unsent[:MAX_METRICS_PER_BATCH]
+                try:
+                    self.client.log_batch(self._run_id, metrics=batch)
+                except Exception as e:
+                    log.debug("system metrics queued (%d points): %s", len(self.unsent), e)
+                    return False
+                del self.unsent[:len(batch)]
+            return True
+
+    return QueuedSystemMetricsMonitor
 
 
-def log_last_system_sample(monitor) -> None:
+def log_last_system_sample(monitor) -> int:
     """After monitor.finish(): one more sample, over the interval the monitor did not
-    finish, logged now at its next step. The interval's pending sample is dropped first:
-    taken at the interval's start, it read CPU use since the sample before (or 0 at a
-    run's first)."""
+    finish, logged now at its next step, with whatever is still queued. The interval's
+    pending sample is dropped first: taken at the interval's start, it read CPU use since
+    the sample before (or 0 at a run's first). Returns the points the server still did
+    not take (lost with the trial's end)."""
     for m in monitor.monitors:
         m.clear_metrics()
     monitor.collect_metrics()
     pending = monitor.aggregate_metrics()
     if pending:
         monitor.publish_metrics(pending)
-        monitor.mlflow_logger.flush()
+    return 0 if monitor.send() else len(monitor.unsent)
+
+
+def system_steps_taken(monitor) -> int:
+    """The step a monitor's next sample would take: its samples so far, resumed ones
+    included."""
+    return monitor._logging_step
 
 
 # ----- Ray ----------------------------------------------------------------------------

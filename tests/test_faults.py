@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from algos.core.finite import NonFiniteError
 from algos.dqn import train as train_dqn
 from algos.q_learning import train as train_q
 from algos.reinforce import train as train_reinforce
+from pipelines import private_api
 from pipelines.tracking.run_logger import RunLogger
-from tests.helpers import assert_no_step_twice, run_cli, runs_of
+from tests.helpers import MlflowServer, assert_no_step_twice, run_cli, runs_of
 
 NAN_CARTPOLE = EnvConfig(id="tests.fault_env:NaNRewardCartPole-v0")
 
@@ -214,6 +216,41 @@ def test_a_rollout_worker_killed_mid_run_is_replaced_and_the_trial_not_retried(w
     assert_no_step_twice(client, run)
 
 
+@pytest.mark.slow  # 15 s: a tracking server stopped and started again
+def test_the_system_monitor_keeps_sampling_through_an_outage_and_loses_nothing(
+        tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+        monitor = private_api.system_metrics_monitor(run_id, 0.2, False, server.uri)
+        started = time.monotonic()
+        monitor.start()
+        time.sleep(1)
+        server.stop()  # down for its restart's time too: several seconds in all
+        time.sleep(2)
+        server.start()
+        time.sleep(1)
+        monitor.finish()
+        unsent = private_api.log_last_system_sample(monitor)
+        elapsed = time.monotonic() - started
+        steps = [m.step for m in client.get_metric_history(
+            run_id, "system/cpu_utilization_percentage")]
+    finally:
+        server.stop()
+    taken = private_api.system_steps_taken(monitor)
+    # It sampled all along (MLflow's own monitor stops at the first failed write), and
+    # every sample is stored once, those taken while the server was down included.
+    assert taken >= 0.5 * elapsed / 0.2, (taken, elapsed)
+    assert unsent == 0 and sorted(steps) == list(range(taken)), (unsent, taken, steps)
+
+
 @pytest.mark.slow  # 60 s: a server stopped for 15 s mid-run
 def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_path, workdir):
     """A real MLflow server stopped, mid-run, for longer than the client's retry budget,
@@ -237,7 +274,8 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.train", "experiment=taxi_course",
          "algo.episodes=100000", "algo.report_every=5000", f"tracking.uri={server.uri}",
-         "tracking.flush_every_s=0", "cluster.checkpoint_every_s=0", "cluster.num_cpus=2"],
+         "tracking.flush_every_s=0", "cluster.checkpoint_every_s=0", "cluster.num_cpus=2",
+         "tracking.system_metrics_every_s=1"],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(server.uri)
     outage, deadline = None, time.time() + 240
@@ -251,10 +289,10 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
                 continue
             if seen >= 2:
                 server.stop()
-                outage = time.monotonic()
+                down = time.time()
                 time.sleep(15)  # three times the client's budget (no retry, 5 s timeout)
                 server.start()
-                outage = time.monotonic() - outage
+                outage = (down, time.time())
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -272,6 +310,12 @@ def test_a_tracking_outage_longer_than_the_clients_retries_loses_nothing(tmp_pat
             assert len(client.get_metric_history(run.info.run_id, name)) == 20, name
         returns = client.get_metric_history(run.info.run_id, "train/episode_return")
         assert len(returns) == 20 * 200
+        # The system monitor sampled through the outage (a sample a second) and every
+        # sample reached the server once it was back: no step missing or twice.
+        system = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert sorted(m.step for m in system) == list(range(len(system)))
+        during = [m for m in system if 1000 * outage[0] <= m.timestamp <= 1000 * outage[1]]
+        assert len(during) >= 0.5 * (outage[1] - outage[0]), (len(during), outage)
     finally:
         server.stop()
 

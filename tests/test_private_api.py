@@ -89,11 +89,12 @@ def test_mlflows_system_metrics_monitor_logs_and_resumes_its_steps(tmp_path):
         monitor.start()
         time.sleep(0.7)
         monitor.finish()
-        private_api.log_last_system_sample(monitor)
+        assert private_api.log_last_system_sample(monitor) == 0  # nothing left unsent
     history = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     steps = [m.step for m in history]
-    # The second monitor went on after the first's last step: no step twice.
+    # The second monitor went on after the first's last step: no step twice, none lost.
     assert len(steps) >= 4 and sorted(steps) == list(range(len(steps))), steps
+    assert private_api.system_steps_taken(monitor) == len(steps)
     assert all(math.isfinite(m.value) for m in history)
 
 

@@ -1,6 +1,7 @@
 """MLflow's system metrics (CPU, memory, disk, network, and GPU utilization and memory
 where NVML sees a GPU) on a trial's run, as `system/*` series: never two points at one
-step, a restarted trial's continuing after its run's last one."""
+step, a restarted trial's continuing after its run's last one, and what a tracking
+server did not take sent again with the next sample (private_api.system_metrics_monitor)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def stop_system_metrics(monitor) -> None:
         return
     monitor.finish()
     try:
-        private_api.log_last_system_sample(monitor)
+        unsent = private_api.log_last_system_sample(monitor)
     except Exception as e:  # a missing last sample must not fail a finished trial
         log.warning("last system-metrics sample not logged: %s", e)
+        return
+    if unsent:
+        log.warning("%d system-metrics points not logged: the tracking server did not take "
+                    "them before the run's end", unsent)
