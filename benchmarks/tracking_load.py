@@ -15,9 +15,10 @@ steps (about 31 s), about 100 Pong episodes between two reports, and a system sa
 5 s (tracking.system_metrics_every_s); --compress divides every interval.
 
 Reported per backend and K: requests/s and points/s the server held, p50 and p99 of a
-flush's latency, failed flushes (after the MLflow client's own retries), and points lost:
-the rows the database holds against the points the writers sent (the monitor's: the gaps
-in each series' steps). On this 2-core machine the writers, the monitors and the server
+flush's latency, failed flushes (after the MLflow client's own retries), points lost (the
+points the writers sent, or their monitors sampled, that the database does not hold at
+their run, series and step) and points doubled (rows beyond one per run, series and
+step). On this 2-core machine the writers, the monitors and the server
 share the cores: the figures are a floor for a server with cores of its own.
 Usage: python -m benchmarks.tracking_load [--writers 8,16,32,64,128] [--seconds 20]
        [--compress 10] [--workers 2]
@@ -41,6 +42,7 @@ from typing import Any
 from algos.core.metrics import EPISODE_RETURN
 from algos.registry import ALGORITHMS
 from benchmarks.common import ROOT, table, write
+from pipelines import private_api
 from pipelines.tracking.buffer import WriteBuffer
 from pipelines.tracking.run_logger import RunLogger
 from pipelines.tracking.system_metrics import start_system_metrics, stop_system_metrics
@@ -56,6 +58,8 @@ DQN_REPORT = ALGORITHMS["dqn"].reported
 EXPERIMENT = "load"
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
               "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+POINT = "m.run_uuid || '/' || m.key || '/' || CAST(m.step AS TEXT)"
+"""A metric point's identity in the database: its run, series and step."""
 BACKENDS = [("sqlite", 0), ("postgresql", 0), ("team server", 60), ("team server", 0)]
 """(backend, the team server's login cache in seconds): its default, and none."""
 NO_CACHE_WRITERS = 8
@@ -123,28 +127,30 @@ class Backend:
             os.environ.update(saved)
         return experiment_id
 
-    def rows(self, experiment_id: str) -> dict[str, int]:
-        """The metric rows of the experiment's runs: {'trial': ..., 'system': ...}."""
-        query = ("SELECT CASE WHEN m.key LIKE 'system/%' THEN 'system' ELSE 'trial' END, "
-                 "COUNT(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                 f"WHERE r.experiment_id = {int(experiment_id)} GROUP BY 1")
+    def query(self, sql: str) -> list[list[str]]:
+        """The rows of a query on the server's database, as text."""
         if self.pg is None:
             with sqlite3.connect(self.root / "load.db") as db:
-                return dict(db.execute(query).fetchall())
-        out = self.pg.psql("mlflow", query)
-        return {kind: int(n) for kind, n in (line.split("|") for line in out.split())}
+                return [[str(v) for v in row] for row in db.execute(sql).fetchall()]
+        return [line.split("|") for line in self.pg.psql("mlflow", sql).split()]
 
-    def system_gaps(self, experiment_id: str) -> int:
-        """Samples missing inside each system series of the experiment's runs: its steps
-        count from 0, so max step + 1 - rows per series."""
-        query = ("SELECT COALESCE(SUM(n), 0) FROM (SELECT MAX(m.step) + 1 - COUNT(*) AS n "
-                 "FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid WHERE "
-                 f"r.experiment_id = {int(experiment_id)} AND m.key LIKE 'system/%' "
-                 "GROUP BY m.run_uuid, m.key) AS series")
-        if self.pg is None:
-            with sqlite3.connect(self.root / "load.db") as db:
-                return int(db.execute(query).fetchone()[0])
-        return int(self.pg.psql("mlflow", query).strip() or 0)
+    def counts(self, experiment_id: str) -> dict[str, tuple[int, int]]:
+        """The metric rows of the experiment's runs, and the distinct (run, key, step)
+        among them: {'trial': (rows, distinct), 'system': (rows, distinct)}."""
+        rows = self.query(
+            "SELECT CASE WHEN m.key LIKE 'system/%' THEN 'system' ELSE 'trial' END, "
+            f"COUNT(*), COUNT(DISTINCT {POINT}) FROM metrics m JOIN runs r ON "
+            f"m.run_uuid = r.run_uuid WHERE r.experiment_id = {int(experiment_id)} GROUP BY 1")
+        return {kind: (int(n), int(distinct)) for kind, n, distinct in rows}
+
+    def system_series(self, experiment_id: str) -> dict[str, tuple[int, int]]:
+        """Per run: its system series, and the distinct (key, step) they hold."""
+        rows = self.query(
+            f"SELECT m.run_uuid, COUNT(DISTINCT m.key), COUNT(DISTINCT {POINT}) FROM metrics "
+            "m JOIN runs r ON m.run_uuid = r.run_uuid WHERE "
+            f"r.experiment_id = {int(experiment_id)} AND m.key LIKE 'system/%' "
+            "GROUP BY m.run_uuid")
+        return {run: (int(series), int(points)) for run, series, points in rows}
 
     def stop(self) -> None:
         """Stop the server and its database."""
@@ -170,8 +176,8 @@ def writer(uri: str, login: dict[str, str], experiment_id: str, index: int, seco
             params={f"algo.p{i}": i for i in range(40)},
             config={"algo": {"lr": 1e-4}, "env": {"id": "ALE/Pong-v5"}})
     except Exception as e:  # the server refused the run: a trial that fails at its start
-        out.put({"latencies": [], "failed": 0, "sent": 0, "flushes": 0,
-                 "error": str(e).splitlines()[0][:200]})
+        out.put({"latencies": [], "failed": 0, "sent": 0, "flushes": 0, "run_id": None,
+                 "samples": 0, "error": str(e).splitlines()[0][:200]})
         return
     buffer = WriteBuffer(logger, flush_every_s=0.0)
     monitor = start_system_metrics(logger, SYSTEM_EVERY_S / compress)
@@ -201,12 +207,14 @@ def writer(uri: str, login: dict[str, str], experiment_id: str, index: int, seco
         error = str(e).splitlines()[0][:200]
     finally:
         stop_system_metrics(monitor)
+        samples = private_api.system_steps_taken(monitor) if monitor else 0
         try:
             logger.finish("FINISHED")
         except Exception as e:
             error = error or str(e).splitlines()[0][:200]
     out.put({"latencies": latencies, "failed": failed, "sent": sent,
-             "flushes": len(latencies), "error": error})
+             "flushes": len(latencies), "run_id": logger.run_id, "samples": samples,
+             "error": error})
 
 
 def one_round(backend: Backend, writers: int, seconds: float, compress: float
@@ -225,22 +233,28 @@ def one_round(backend: Backend, writers: int, seconds: float, compress: float
     for proc in procs:
         proc.join(60)
     wall = time.monotonic() - started
-    rows, gaps = backend.rows(experiment_id), backend.system_gaps(experiment_id)
+    counts, series = backend.counts(experiment_id), backend.system_series(experiment_id)
+    (rows, stored), (system_rows, system_stored) = (counts.get(k, (0, 0))
+                                                    for k in ("trial", "system"))
+    # Each sample a writer's monitor took is a point in each of its run's system series.
+    system_taken = sum(r["samples"] * series.get(r["run_id"], (0, 0))[0] for r in results)
     latencies = sorted(x for r in results for x in r["latencies"]) or [math.nan]
     errors = [r["error"] for r in results if r.get("error")]
     sent = sum(r["sent"] for r in results)
     flushes = sum(r["flushes"] for r in results)
-    samples = rows.get("system", 0) / 12  # about a dozen series a sample
+    samples = sum(r["samples"] for r in results)
     return {
         "backend": backend.kind + (f", login cache {backend.auth_cache_s} s"
                                    if backend.team else ""), "writers": writers, "seconds": wall,
         "requests_per_s": (flushes + samples) / wall,
-        "points_per_s": (rows.get("trial", 0) + rows.get("system", 0)) / wall,
+        "points_per_s": (rows + system_rows) / wall,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "failed_flushes": sum(r["failed"] for r in results),
-        "points_sent": sent, "points_stored": rows.get("trial", 0),
-        "points_lost": sent - rows.get("trial", 0), "system_points_lost": gaps,
+        "points_sent": sent, "points_stored": stored, "points_lost": sent - stored,
+        "points_doubled": rows - stored, "system_points_taken": system_taken,
+        "system_points_lost": system_taken - system_stored,
+        "system_points_doubled": system_rows - system_stored,
         "runs_failed": sum(1 for r in results if not r["flushes"] and r.get("error")),
         "errors": sorted(set(errors))[:3],
     }
@@ -269,10 +283,12 @@ def main() -> None:
             finally:
                 backend.stop()
     columns = ["backend", "writers", "requests/s", "points/s", "p50 flush ms", "p99 flush ms",
-               "failed flushes", "runs refused", "points lost", "system points lost"]
+               "failed flushes", "runs refused", "points lost", "points doubled",
+               "system points lost", "system points doubled"]
     print(table(columns, [[r["backend"], r["writers"], r["requests_per_s"], r["points_per_s"],
                            r["p50_ms"], r["p99_ms"], r["failed_flushes"], r["runs_failed"],
-                           r["points_lost"], r["system_points_lost"]] for r in rounds],
+                           r["points_lost"], r["points_doubled"], r["system_points_lost"],
+                           r["system_points_doubled"]] for r in rounds],
                 title=f"{args.workers} server workers, Pong trials compressed "
                       f"{args.compress:g}x, {args.seconds:g} s a round"))
     print(f"written to {write('tracking_load', {'args': vars(args), 'rounds': rounds})}")
