@@ -263,10 +263,12 @@ def end_early(trial: Trial, logger: RunLogger, reporter: TrialReporter, monitor,
       The run fails with the value where it went bad; Tune sees a finished trial (no
       retry) whose last result says it failed, and the driver counts it;
     - any other error: the run FAILED, and the error raised on (Tune retries it)."""
-    reporter.parts.buffer.flush()
-    if isinstance(error, NonFiniteError):
-        logger.log_metrics({error.name: error.value}, step=error.step)
-    stop_system_metrics(monitor)
+    try:
+        reporter.parts.buffer.flush()
+        if isinstance(error, NonFiniteError):
+            logger.log_metrics({error.name: error.value}, step=error.step)
+    finally:  # a monitor left running would go on sampling into this run
+        stop_system_metrics(monitor)
     if isinstance(error, SystemExit):
         raise error
     if not isinstance(error, NonFiniteError):
