@@ -124,13 +124,20 @@ def system_metrics_monitor(run_id: str, every_s: float, resume: bool, tracking_u
 
     Two changes to MLflow's, so that an unreachable server loses nothing. A sample takes
     its step when it is taken, and a write the server did not take (after the client's own
-    retries) stays queued and goes again with the next sample's, with its own timestamps:
+    retries) stays queued and goes again with a later sample's, with its own timestamps:
     a write the server took after all is not stored twice. MLflow's monitor instead stops
     for the rest of the run at the first failed write, and its last sample reuses the
     failed one's step. Nor does it ask the server each interval whether the run still
-    runs (a failed read stopped it too): the trial stops it before it ends the run."""
+    runs (a failed read stopped it too): the trial stops it before it ends the run.
+    Writes are paced as MLflow's are: after a write that took d seconds, samples queue
+    for SEND_PACING * d seconds, so a slow server gets fewer, larger writes."""
     return _monitor_class()(run_id, sampling_interval=every_s, resume_logging=resume,
                             tracking_uri=tracking_uri)
+
+
+SEND_PACING = 10
+"""A system-metrics write that took d seconds holds the next one back for 10 * d: as
+MLflow's BatchMetricsLogger, at most about a tenth of the monitor's time goes to writing."""
 
 
 @functools.cache
@@ -146,6 +153,8 @@ def _monitor_class():
             self.client = MlflowClient(self._tracking_uri)
             self.unsent: list[Metric] = []
             """Points the server has not taken yet, oldest first."""
+            self.next_send = 0.0
+            """time.monotonic() before which samples only queue."""
 
         def monitor(self) -> None:
             while not self._shutdown_event.is_set():
@@ -162,20 +171,27 @@ def _monitor_class():
             self.unsent += [Metric(prefix + k, v, now, step) for k, v in metrics.items()]
             for m in self.monitors:
                 m.clear_metrics()
-            self.send()
+            if time.monotonic() >= self.next_send:
+                self.send()
 
         def send(self) -> bool:
             """Write the queued points; False (and they stay queued) if the server did
             not take them."""
-            while self.unsent:
-                batch = self.unsent[:MAX_METRICS_PER_BATCH]
-                try:
-                    self.client.log_batch(self._run_id, metrics=batch)
-                except Exception as e:
-                    log.debug("system metrics queued (%d points): %s", len(self.unsent), e)
-                    return False
-                del self.unsent[:len(batch)]
-            return True
+            started = time.monotonic()
+            try:
+                while self.unsent:
+                    batch = self.unsent[:MAX_METRICS_PER_BATCH]
+                    try:
+                        self.client.log_batch(self._run_id, metrics=batch)
+                    except Exception as e:
+                        log.debug("system metrics queued (%d points): %s", len(self.unsent),
+                                  e)
+                        return False
+                    del self.unsent[:len(batch)]
+                return True
+            finally:
+                now = time.monotonic()
+                self.next_send = now + SEND_PACING * (now - started)
 
     return QueuedSystemMetricsMonitor
 
