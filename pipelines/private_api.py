@@ -142,7 +142,6 @@ MLflow's BatchMetricsLogger, at most about a tenth of the monitor's time goes to
 
 @functools.cache
 def _monitor_class():
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     from mlflow.utils.validation import MAX_METRICS_PER_BATCH
@@ -150,7 +149,7 @@ def _monitor_class():
     class QueuedSystemMetricsMonitor(SystemMetricsMonitor):
         def __init__(self, run_id: str, **kwargs) -> None:
             super().__init__(run_id, **kwargs)
-            self.client = MlflowClient(self._tracking_uri)
+            self.client = self.mlflow_logger.client  # the one MLflow's logger made
             self.unsent: list[Metric] = []
             """Points the server has not taken yet, oldest first."""
             self.next_send = 0.0

@@ -221,7 +221,6 @@ def test_the_system_monitor_keeps_sampling_through_an_outage_and_loses_nothing(
         tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     server = MlflowServer(tmp_path)
