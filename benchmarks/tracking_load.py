@@ -14,11 +14,12 @@ experiment=pong_dqn_gpu at the GPU goal of 8,000 env steps/s: a report every 250
 steps (about 31 s), about 100 Pong episodes between two reports, and a system sample every
 5 s (tracking.system_metrics_every_s); --compress divides every interval.
 
-Reported per backend and K: requests/s and points/s the server held, p50 and p99 of a
-flush's latency, failed flushes (after the MLflow client's own retries), points lost (the
-points the writers sent, or their monitors sampled, that the database does not hold at
-their run, series and step) and points doubled (rows beyond one per run, series and
-step). On this 2-core machine the writers, the monitors and the server
+Reported per backend and K: requests/s (the flushes and the system samples taken; a slow
+server gets several samples a write, so it saw fewer) and points/s the server held, p50
+and p99 of a flush's latency, failed flushes (after the MLflow client's own retries),
+points lost (the points the writers sent, or their monitors sampled, that the database
+does not hold at their run, series and step) and points doubled (rows beyond one per run,
+series and step). On this 2-core machine the writers, the monitors and the server
 share the cores: the figures are a floor for a server with cores of its own.
 Usage: python -m benchmarks.tracking_load [--writers 8,16,32,64,128] [--seconds 20]
        [--compress 10] [--workers 2]
